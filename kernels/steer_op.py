@@ -1,0 +1,39 @@
+"""`torch.ops.vsteer.steer_apply`: the custom-op boundary of batched steering.
+
+Registered with `torch.library` and a fake impl, so torch.compile and CUDA graphs treat
+it as one opaque op that mutates `hidden` in place. The implementation behind it is
+chosen by `vsteer.kernels.dispatch` (the torch reference on CPU; a Triton kernel is
+the GPU path's plug-in point). Semantics: see `steer_reference.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vsteer.kernels.dispatch import steer_backend
+
+
+@torch.library.custom_op("vsteer::steer_apply", mutates_args=("hidden",))
+def steer_apply(
+    hidden: torch.Tensor,
+    residual: torch.Tensor | None,
+    token_row: torch.Tensor,
+    row_slot: torch.Tensor,
+    row_scale: torch.Tensor,
+    row_op: torch.Tensor,
+    vectors: torch.Tensor,
+    inv_norms: torch.Tensor,
+    active: torch.Tensor,
+    layer: int,
+) -> None:
+    steer_backend(hidden.device).fn(
+        hidden, residual, token_row, row_slot, row_scale, row_op, vectors, inv_norms, active,
+        layer,
+    )
+
+
+@steer_apply.register_fake
+def _steer_apply_fake(
+    hidden, residual, token_row, row_slot, row_scale, row_op, vectors, inv_norms, active, layer
+) -> None:
+    return None

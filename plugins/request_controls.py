@@ -1,0 +1,27 @@
+"""A request's controls as the worker holds them: parsed once, slots resolved once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vsteer.kernels.steer_reference import OP_CODES
+from vsteer.wire import WireSpec
+
+Entry = tuple[int, float, int]  # (slot, scale, op code)
+
+
+@dataclass
+class RequestControls:
+    spec: WireSpec
+    num_prompt_tokens: int
+    keys: list[str] = field(default_factory=list)  # slot keys this request pins
+    prompt_entries: list[Entry] = field(default_factory=list)
+    generated_entries: list[Entry] = field(default_factory=list)
+
+    def add_entry(self, key: str, slot: int, scale: float, op: str, positions: str) -> None:
+        entry = (slot, scale, OP_CODES[op])
+        self.keys.append(key)
+        if positions in ("all", "prompt"):
+            self.prompt_entries.append(entry)
+        if positions in ("all", "generated"):
+            self.generated_entries.append(entry)

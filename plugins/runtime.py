@@ -1,0 +1,158 @@
+"""The control runtime inside a vLLM worker: per step, map tokens to control rows;
+per layer, run the steering op (and capture, for offline tooling)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import vsteer.kernels  # noqa: F401  (registers torch.ops.vsteer.*)
+from vsteer.artifacts import ArtifactError, ModelFingerprint, SteeringVector
+from vsteer.kernels.dispatch import steer_backend
+from vsteer.plugins import vllm_compat as compat
+from vsteer.plugins.capture import CaptureCollector
+from vsteer.plugins.channel import WorkerChannel
+from vsteer.plugins.request_controls import RequestControls
+from vsteer.plugins.slot_table import SlotTable
+from vsteer.plugins.token_plan import TokenPlan
+from vsteer.wire import EXTRA_ARGS_KEY, MAX_STEER_ENTRIES, WireSteer, decode
+
+log = logging.getLogger("vsteer.runtime")
+STATS_INTERVAL_S = 0.5
+
+
+class ControlRuntime:
+    def __init__(self, shape: compat.RunnerShape, channel: WorkerChannel) -> None:
+        cfg = shape.vsteer_config or {}
+        self.shape = shape
+        self.channel = channel
+        self.eager = shape.eager
+        self.fingerprint = ModelFingerprint(shape.architecture, shape.hidden_size,
+                                            shape.num_layers)
+        self.slots = SlotTable(int(cfg.get("max_steer_slots", 32)), shape.num_layers,
+                               shape.hidden_size, shape.dtype, shape.device)
+        self.plan = TokenPlan(shape.max_num_tokens, 2 * shape.max_num_reqs,
+                              int(cfg.get("max_entries", MAX_STEER_ENTRIES)), shape.device)
+        self.capture: CaptureCollector | None = None
+        if cfg.get("capture"):
+            if not self.eager:
+                raise RuntimeError("vsteer hidden-state capture needs enforce_eager=True")
+            self.capture = CaptureCollector(channel, shape.hidden_size)
+        self.requests: dict[str, RequestControls | None] = {}
+        self.steered_tokens = 0
+        self.control_seconds = 0.0
+        self.steps = 0
+        self._last_stats = 0.0
+        self.backend = steer_backend(shape.device).name
+        channel.send({"type": "hello", "pid": os.getpid(), "rank": shape.tp_rank,
+                      "fingerprint": self.fingerprint.to_dict(), "backend": self.backend,
+                      "slots": self.slots.num_slots, "eager": self.eager})
+
+    # -- per layer (inside the forward pass; traced once in compiled mode) -------------
+    def on_layer(self, layer: int, hidden: torch.Tensor, residual: torch.Tensor) -> None:
+        plan = self.plan
+        # In eager mode a Python check skips idle steps; compiled graphs always call the
+        # op, which reads the CPU `active` flag itself.
+        if not self.eager or plan.num_active:
+            torch.ops.vsteer.steer_apply(
+                hidden, residual, plan.token_row.device, plan.row_slot.device,
+                plan.row_scale.device, plan.row_op.device, self.slots.vectors,
+                self.slots.inv_norms, plan.active, layer,
+            )
+        if self.capture is not None:
+            self.capture.on_layer(layer, hidden, residual)
+
+    # -- per step (host side, before and after the forward) ----------------------------
+    def before_forward(self, runner, num_tokens: int) -> None:
+        t0 = time.perf_counter()
+        view = compat.step_view(runner)
+        self._forget_finished(runner)
+        plan = self.plan
+        plan.begin(num_tokens)
+        qs, pos0 = view.query_start, view.start_pos
+        for i, rid in enumerate(view.req_ids):
+            rc = self._controls(runner, rid)
+            if rc is None:
+                continue
+            a, b, p = int(qs[i]), int(qs[i + 1]), int(pos0[i])
+            split = a + min(max(rc.num_prompt_tokens - p, 0), b - a)
+            if rc.prompt_entries:
+                plan.assign(a, split, plan.add_row(rc.prompt_entries))
+            if rc.generated_entries:
+                plan.assign(split, b, plan.add_row(rc.generated_entries))
+            if self.capture is not None and rc.spec.capture is not None:
+                self.capture.plan(rc.spec.rid, rc.spec.capture.layers, rc.num_prompt_tokens,
+                                  a, split, p)
+        plan.commit(num_tokens)
+        self.steered_tokens += plan.num_active
+        self.steps += 1
+        self.control_seconds += time.perf_counter() - t0
+
+    def after_forward(self, runner, num_tokens: int) -> None:
+        if self.capture is not None:
+            self.capture.finish_step()
+        self.plan.reset()
+        now = time.monotonic()
+        if now - self._last_stats >= STATS_INTERVAL_S:
+            self._last_stats = now
+            self.send_stats()
+
+    def send_stats(self) -> None:
+        pinned = self._pinned()
+        self.channel.send({
+            "type": "stats", "rank": self.shape.tp_rank, "steps": self.steps,
+            "steered_tokens": self.steered_tokens, "control_seconds": self.control_seconds,
+            "slots_in_use": self.slots.in_use(pinned), "slots_total": self.slots.num_slots,
+            "backend": self.backend, "dropped": self.channel.dropped,
+        })
+
+    # -- request bookkeeping -----------------------------------------------------------
+    def _forget_finished(self, runner) -> None:
+        if not self.requests:
+            return
+        live = compat.live_request_ids(runner)
+        for rid in [r for r in self.requests if r not in live]:
+            rc = self.requests.pop(rid)
+            if rc is not None and self.capture is not None:
+                self.capture.forget(rc.spec.rid)
+
+    def _pinned(self) -> set[str]:
+        return {k for rc in self.requests.values() if rc is not None for k in rc.keys}
+
+    def _controls(self, runner, rid: str) -> RequestControls | None:
+        if rid in self.requests:
+            return self.requests[rid]
+        extra, num_prompt = compat.request_extra_args(runner, rid)
+        raw = extra.get(EXTRA_ARGS_KEY) if extra else None
+        rc = None
+        if raw is not None:
+            spec = decode(raw)
+            rc = RequestControls(spec, num_prompt)
+            pinned = self._pinned()
+            for e in spec.steer:
+                try:
+                    slot = self.slots.acquire(e.key, lambda e=e: self._load(e), pinned)
+                except (ArtifactError, OSError) as err:
+                    msg = f"steering vector {e.key} not applied: {err}"
+                    log.error(msg)
+                    self.channel.send({"type": "error", "rid": spec.rid, "message": msg})
+                    continue
+                pinned.add(e.key)
+                rc.add_entry(e.key, slot, e.scale, e.op, e.positions)
+        self.requests[rid] = rc
+        return rc
+
+    def _load(self, e: WireSteer) -> dict[int, np.ndarray]:
+        data = Path(e.path).read_bytes()
+        if hashlib.sha256(data).hexdigest() != e.sha256:
+            raise ArtifactError("the file changed after the request was validated")
+        vec = SteeringVector.from_safetensors_bytes(data)
+        if (why := vec.fingerprint.mismatch(self.fingerprint)) is not None:
+            raise ArtifactError(why)
+        return {la: vec.directions[la] for la in e.layers if la in vec.directions}

