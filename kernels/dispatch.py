@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
 from vsteer.kernels.steer_reference import steer_apply_reference
 
 log = logging.getLogger("vsteer.kernels")

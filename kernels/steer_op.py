@@ -9,7 +9,6 @@ the GPU path's plug-in point). Semantics: see `steer_reference.py`.
 from __future__ import annotations
 
 import torch
-
 from vsteer.kernels.dispatch import steer_backend
 
 

@@ -1,4 +1,4 @@
-"""Worker → server side channel for per-request results and runtime statistics.
+"""Worker → server side channel (both ends) for per-request results and runtime statistics.
 
 vLLM's engine outputs have no free-form per-step field, so the worker PUSHes small
 msgpack messages over ZeroMQ to the address in `$VSTEER_CHANNEL`; the server (or an
@@ -9,6 +9,11 @@ lags, messages are dropped and counted.
 from __future__ import annotations
 
 import os
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
 from typing import Any
 
 import msgspec
@@ -38,3 +43,92 @@ class WorkerChannel:
             self._sock.send(_encode(message), self._zmq.NOBLOCK)
         except self._zmq.Again:
             self.dropped += 1
+
+
+
+def new_channel_address() -> str:
+    return f"ipc://{tempfile.gettempdir()}/vsteer-{os.getpid()}-{uuid.uuid4().hex[:8]}.sock"
+
+
+class ChannelListener:
+    """PULLs worker messages on a background thread and keeps what the server needs."""
+
+    def __init__(self, address: str, max_errors: int = 10000) -> None:
+        import zmq
+
+        self.address = address
+        self._sock = zmq.Context.instance().socket(zmq.PULL)
+        self._sock.setsockopt(zmq.RCVTIMEO, 200)
+        self._sock.bind(address)
+        self._decode = msgspec.msgpack.Decoder().decode
+        self.stats: dict[int, dict[str, Any]] = {}  # rank -> latest stats
+        self.hello: dict[int, dict[str, Any]] = {}
+        self.errors: OrderedDict[str, list[str]] = OrderedDict()
+        self.captures: dict[str, dict[str, Any]] = {}
+        self._max_errors = max_errors
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="vsteer-results", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import zmq
+
+        while not self._stop.is_set():
+            try:
+                msg = self._decode(self._sock.recv())
+            except zmq.Again:
+                continue
+            except zmq.ZMQError:
+                break
+            self._handle(msg)
+
+    def _handle(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        with self._cond:
+            if kind == "stats":
+                self.stats[int(msg.get("rank", 0))] = msg
+            elif kind == "hello":
+                self.hello[int(msg.get("rank", 0))] = msg
+                self._ready.set()
+            elif kind == "error":
+                self.errors.setdefault(msg["rid"], []).append(msg["message"])
+                while len(self.errors) > self._max_errors:
+                    self.errors.popitem(last=False)
+            elif kind == "capture":
+                self.captures[msg["rid"]] = msg
+            self._cond.notify_all()
+
+    def wait_ready(self, timeout: float) -> dict[str, Any]:
+        if not self._ready.wait(timeout):
+            raise RuntimeError(
+                "the vsteer runtime did not report from the vLLM worker: the plugin did "
+                "not load there (see the engine log for 'Failed to load plugin')"
+            )
+        return self.hello[min(self.hello)]
+
+    def pop_errors(self, rid: str) -> list[str]:
+        with self._cond:
+            return self.errors.pop(rid, [])
+
+    def wait_captures(self, rids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not all(r in self.captures for r in rids):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = [r for r in rids if r not in self.captures]
+                    raise TimeoutError(f"no capture received for {len(missing)} request(s)")
+                self._cond.wait(left)
+            return {r: self.captures.pop(r) for r in rids}
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._sock.close(linger=0)
+        if self.address.startswith("ipc://"):
+            try:
+                os.unlink(self.address[len("ipc://"):])
+            except FileNotFoundError:
+                pass

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 import vsteer.kernels  # noqa: F401  (registers torch.ops.vsteer.*)
-from vsteer.artifacts import ArtifactError, ModelFingerprint, SteeringVector
 from vsteer.kernels.dispatch import steer_backend
 from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.capture import CaptureCollector
@@ -21,6 +19,8 @@ from vsteer.plugins.channel import WorkerChannel
 from vsteer.plugins.request_controls import RequestControls
 from vsteer.plugins.slot_table import SlotTable
 from vsteer.plugins.token_plan import TokenPlan
+
+from vsteer.artifacts import ArtifactError, ModelFingerprint, SteeringVector
 from vsteer.wire import EXTRA_ARGS_KEY, MAX_STEER_ENTRIES, WireSteer, decode
 
 log = logging.getLogger("vsteer.runtime")

@@ -8,7 +8,6 @@ of requests without controls keep row -1 and are never touched.
 from __future__ import annotations
 
 import torch
-
 from vsteer.plugins.device_buffer import HostDeviceBuffer
 
 

@@ -202,3 +202,60 @@ def runner_shape(runner: Any) -> RunnerShape:
         vsteer_config=extra.get("vsteer"),
         tp_rank=get_tensor_model_parallel_rank(),
     )
+
+
+# -- API server side --------------------------------------------------------------------
+
+
+def openai_request_classes() -> tuple[type, type]:
+    """vLLM's pydantic models of chat and completion requests."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    return ChatCompletionRequest, CompletionRequest
+
+
+def error_response_class() -> type:
+    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+    return ErrorResponse
+
+
+def vllm_arg_parser():
+    """vLLM's own `serve` argument parser (engine and frontend options)."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    return make_arg_parser(FlexibleArgumentParser(prog="vsteer serve"))
+
+
+def engine_args_from_cli(args: Any, additional_config: dict) -> Any:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    engine_args = AsyncEngineArgs.from_cli_args(args)
+    engine_args.additional_config = {**(engine_args.additional_config or {}),
+                                     **additional_config}
+    return engine_args
+
+
+def build_engine_client(engine_args: Any):
+    """Async context manager yielding vLLM's AsyncLLM engine client."""
+    from vllm.entrypoints.launchers.api_server.entry import (
+        build_async_engine_client_from_engine_args,
+    )
+
+    return build_async_engine_client_from_engine_args(engine_args)
+
+
+async def init_serving_state(engine_client: Any, state: Any, args: Any) -> None:
+    """vLLM's serving classes (chat, completion, models) onto `state`."""
+    from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+
+    tasks = await engine_client.get_supported_tasks()
+    await init_app_state(engine_client, state, args, tasks)
+
+
+async def listen_for_disconnect(raw_request: Any) -> None:
+    from vllm.entrypoints.serve.utils.api_utils import listen_for_disconnect as listen
+
+    await listen(raw_request)

@@ -1,0 +1,142 @@
+"""The FastAPI app: OpenAI routes, control artifacts, /health, /metrics.
+
+The lifespan starts vLLM's AsyncLLM (through vLLM's own builder), waits for the
+vsteer runtime in the worker to say hello on the channel, and builds vLLM's serving
+classes onto `app.state`. A server whose plugin did not load refuses to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from argparse import Namespace
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from vsteer.plugins import vllm_compat as compat
+from vsteer.plugins.channel import ENV_ADDRESS, ChannelListener, new_channel_address
+from vsteer.server import metrics
+from vsteer.server.admission import SlotAdmission
+from vsteer.server.auth import Auth
+from vsteer.server.control_resolver import ControlResolver
+from vsteer.server.errors import APIError, error_response
+from vsteer.server.routes_vectors import router as vectors_router
+from vsteer.server.serving import ControlledServing
+
+from vsteer.artifacts import ArtifactStore, ModelFingerprint
+from vsteer.engine_config import DEFAULT_STEER_SLOTS, vsteer_additional_config
+
+log = logging.getLogger("vsteer.server")
+HELLO_TIMEOUT_S = 120.0
+
+
+@dataclass
+class ServerConfig:
+    vllm_args: Namespace  # vLLM's own parsed serve arguments (model, dtype, ...)
+    artifacts: Path
+    api_keys: list[str] = field(default_factory=list)
+    admin_key: str | None = None
+    max_steer_slots: int = DEFAULT_STEER_SLOTS
+    max_abs_scale: float = 64.0
+
+
+@dataclass
+class VsteerState:
+    auth: Auth
+    store: ArtifactStore
+    fingerprint: ModelFingerprint
+    serving: ControlledServing
+    engine: Any
+
+
+def create_app(cfg: ServerConfig) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        listener = ChannelListener(new_channel_address())
+        os.environ[ENV_ADDRESS] = listener.address  # inherited by engine processes
+        engine_args = compat.engine_args_from_cli(
+            cfg.vllm_args, vsteer_additional_config(cfg.max_steer_slots))
+        try:
+            async with compat.build_engine_client(engine_args) as engine:
+                hello = await asyncio.to_thread(listener.wait_ready, HELLO_TIMEOUT_S)
+                fingerprint = ModelFingerprint.from_hf_config(engine.model_config.hf_config)
+                if ModelFingerprint.from_dict(hello["fingerprint"]) != fingerprint:
+                    raise RuntimeError(f"worker reports {hello['fingerprint']}, server sees "
+                                       f"{fingerprint}")
+                await compat.init_serving_state(engine, app.state, cfg.vllm_args)
+                store = ArtifactStore(cfg.artifacts)
+                admission = SlotAdmission(cfg.max_steer_slots)
+                resolver = ControlResolver(store, fingerprint, cfg.max_abs_scale)
+                app.state.vsteer = VsteerState(
+                    Auth(cfg.api_keys, cfg.admin_key), store, fingerprint,
+                    ControlledServing(app.state, resolver, admission, listener), engine)
+                unregister = metrics.register_worker_collector(metrics.WorkerStatsCollector(
+                    lambda: listener.stats.get(0),
+                    lambda: (admission.in_use, admission.waiting)))
+                log.info("vsteer ready: %s, kernel backend %s, %d steering slots, artifacts %s",
+                         fingerprint.architecture, hello["backend"], cfg.max_steer_slots,
+                         cfg.artifacts)
+                try:
+                    yield
+                finally:
+                    unregister()
+        finally:
+            listener.close()
+
+    app = FastAPI(title="vsteer", version=_version(), lifespan=lifespan)
+    _install_error_handlers(app)
+    app.add_middleware(metrics.RequestCounter)
+
+    @app.get("/health")
+    async def health(request: Request) -> Response:
+        try:
+            await request.app.state.vsteer.engine.check_health()
+        except Exception as e:  # an unhealthy engine raises; report it, don't crash
+            return error_response(503, f"engine unhealthy: {e}")
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        request.app.state.vsteer.auth.check(request)
+        listing = await request.app.state.openai_serving_models.show_available_models()
+        return JSONResponse(listing.model_dump())
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        request.app.state.vsteer.auth.check(request)
+        return await request.app.state.vsteer.serving.chat(request)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        request.app.state.vsteer.auth.check(request)
+        return await request.app.state.vsteer.serving.completion(request)
+
+    app.include_router(vectors_router)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        return error_response(400, str(exc.errors()[0].get("msg", "invalid request")))
+
+
+def _version() -> str:
+    from vsteer import __version__
+
+    return __version__

@@ -1,0 +1,25 @@
+"""The `control` object clients send with a request (pydantic models; strict)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vsteer.wire import MAX_STEER_ENTRIES
+
+
+class SteerEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    vector: str = Field(min_length=1, max_length=128)
+    scale: float = 1.0
+    layers: list[int] | None = Field(default=None, max_length=512)
+    positions: Literal["all", "prompt", "generated"] = "all"
+    op: Literal["add", "ablate", "add_normalized"] = "add"
+
+
+class ControlSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steer: list[SteerEntry] = Field(default_factory=list, max_length=MAX_STEER_ENTRIES)

@@ -1,0 +1,82 @@
+"""Prometheus metrics for vsteer (vLLM's own `vllm:*` metrics share the registry)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+REQUESTS = Counter("vsteer_requests", "HTTP requests by endpoint and status",
+                   ["endpoint", "status"])
+TOKENS = Counter("vsteer_tokens", "Tokens served, by kind", ["kind"])
+CONTROLLED_REQUESTS = Counter("vsteer_controlled_requests",
+                              "Requests that carried at least one active control", ["control"])
+ADMISSION_WAIT = Histogram("vsteer_slot_admission_wait_seconds",
+                           "Time a request waited for free steering slots",
+                           buckets=(0.001, 0.01, 0.1, 0.5, 1, 5, 30, 120))
+
+
+class WorkerStatsCollector(Collector):
+    """Reads the latest runtime stats the worker (rank 0) sent on the channel."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any] | None],
+                 admission: Callable[[], tuple[int, int]]) -> None:
+        self._stats = stats
+        self._admission = admission
+
+    def collect(self) -> Iterator[Any]:
+        s = self._stats() or {}
+        yield CounterMetricFamily("vsteer_steered_tokens", "Tokens that passed through a "
+                                  "steering op", value=float(s.get("steered_tokens", 0)))
+        yield CounterMetricFamily("vsteer_control_seconds", "Host time spent planning and "
+                                  "running controls in the worker",
+                                  value=float(s.get("control_seconds", 0.0)))
+        yield CounterMetricFamily("vsteer_worker_steps", "Forward steps seen by the runtime",
+                                  value=float(s.get("steps", 0)))
+        yield GaugeMetricFamily("vsteer_steer_slots_in_use", "Device steering slots pinned by "
+                                "running requests", value=float(s.get("slots_in_use", 0)))
+        yield GaugeMetricFamily("vsteer_steer_slots_total", "Device steering slots",
+                                value=float(s.get("slots_total", 0)))
+        in_use, waiting = self._admission()
+        yield GaugeMetricFamily("vsteer_admitted_slot_keys", "Distinct steering slots held "
+                                "by requests in flight (server side)", value=float(in_use))
+        yield GaugeMetricFamily("vsteer_requests_waiting_for_slots", "Requests waiting for "
+                                "steering slots", value=float(waiting))
+        info = GaugeMetricFamily("vsteer_kernel_backend", "Kernel backend in use",
+                                 labels=["op", "backend"])
+        info.add_metric(["steer_apply", str(s.get("backend", "unknown"))], 1.0)
+        yield info
+
+
+def register_worker_collector(collector: WorkerStatsCollector) -> Callable[[], None]:
+    REGISTRY.register(collector)
+    return lambda: REGISTRY.unregister(collector)
+
+
+class RequestCounter:
+    """ASGI middleware: count every HTTP response by path and status (streaming-safe)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = {"code": 500}
+
+        async def send_wrapper(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            # The route template, never the raw path: names in paths would explode labels.
+            path = getattr(route, "path", None) or "unmatched"
+            REQUESTS.labels(path, str(status["code"])).inc()

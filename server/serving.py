@@ -1,0 +1,174 @@
+"""Controlled OpenAI serving: validate `control`, wait for slots, hand the request to
+vLLM's own serving classes, and report what was applied in the response."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from vsteer.plugins import vllm_compat as compat
+from vsteer.plugins.channel import ChannelListener
+from vsteer.server import metrics
+from vsteer.server.admission import SlotAdmission
+from vsteer.server.control_resolver import ControlResolver, ResolvedControl
+from vsteer.server.errors import APIError, error_response, pydantic_errors_to_api_error
+
+from vsteer.wire import EXTRA_ARGS_KEY
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+async def read_json_object(raw: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    body = await raw.body()
+    if len(body) > limit:
+        raise APIError(413, f"request body is larger than {limit} bytes")
+    try:
+        data = json.loads(body)
+    except ValueError as e:
+        raise APIError(400, f"request body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object")
+    return data
+
+
+class ControlledServing:
+    def __init__(self, state: Any, resolver: ControlResolver, admission: SlotAdmission,
+                 listener: ChannelListener) -> None:
+        self.state = state  # FastAPI app.state holding vLLM's serving classes
+        self.resolver = resolver
+        self.admission = admission
+        self.listener = listener
+        self.chat_cls, self.completion_cls = compat.openai_request_classes()
+        self.error_cls = compat.error_response_class()
+
+    async def chat(self, raw: Request) -> Response:
+        return await self._serve(raw, self.chat_cls,
+                                 self.state.openai_serving_chat.create_chat_completion)
+
+    async def completion(self, raw: Request) -> Response:
+        return await self._serve(raw, self.completion_cls,
+                                 self.state.openai_serving_completion.create_completion)
+
+    async def _serve(self, raw: Request, req_cls: type,
+                     handler: Callable[..., Any]) -> Response:
+        try:
+            body = await read_json_object(raw)
+            resolved = self.resolver.resolve(body.pop("control", None))
+            wants_usage = self._force_stream_usage(body)
+            request = self._vllm_request(req_cls, body, resolved)
+        except APIError as e:
+            return e.response()
+        with metrics.ADMISSION_WAIT.time():
+            await self.admission.acquire(resolved.slot_keys)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.admission.release(resolved.slot_keys)
+
+        try:
+            result = await self._cancellable(handler(request, raw), raw)
+        except BaseException:
+            release()
+            raise
+        if resolved.active:
+            metrics.CONTROLLED_REQUESTS.labels("steer").inc()
+        if isinstance(result, self.error_cls):
+            release()
+            return error_response(result.error.code, result.error.message, result.error.param)
+        if not hasattr(result, "__aiter__"):
+            release()
+            data = result.model_dump()
+            data["control"] = self._report(resolved)
+            self._count_usage(data.get("usage"))
+            return JSONResponse(data)
+        return StreamingResponse(self._stream(result, resolved, wants_usage, release),
+                                 media_type="text/event-stream")
+
+    def _vllm_request(self, req_cls: type, body: dict[str, Any], resolved: ResolvedControl):
+        xargs = body.get("vllm_xargs")
+        if isinstance(xargs, dict) and EXTRA_ARGS_KEY in xargs:
+            raise APIError(400, f"vllm_xargs.{EXTRA_ARGS_KEY} is reserved; use `control`",
+                           param="vllm_xargs")
+        try:
+            request = req_cls.model_validate(body)
+        except ValidationError as e:
+            raise pydantic_errors_to_api_error(e) from None
+        if resolved.active:
+            request.vllm_xargs = {**(request.vllm_xargs or {}),
+                                  EXTRA_ARGS_KEY: resolved.encoded()}
+            salt = resolved.cache_salt()
+            if request.cache_salt:
+                salt = "vsteer-" + hashlib.sha256(
+                    f"{request.cache_salt}|{salt}".encode()).hexdigest()[:32]
+            request.cache_salt = salt
+        return request
+
+    @staticmethod
+    def _force_stream_usage(body: dict[str, Any]) -> bool:
+        """Streams always ask vLLM for the usage chunk (tokens are counted from it); the
+        client only sees it if it asked. Returns whether the client asked."""
+        opts = body.get("stream_options")
+        if not body.get("stream") or not (opts is None or isinstance(opts, dict)):
+            return False
+        wants = bool((opts or {}).get("include_usage"))
+        body["stream_options"] = {**(opts or {}), "include_usage": True}
+        return wants
+
+    async def _cancellable(self, coro, raw: Request):
+        """Run the handler; cancel it (and so abort the engine request) on disconnect."""
+        work = asyncio.ensure_future(coro)
+        watch = asyncio.ensure_future(compat.listen_for_disconnect(raw))
+        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if work in done:
+            watch.cancel()
+            return work.result()
+        work.cancel()
+        raise asyncio.CancelledError("client disconnected")
+
+    def _report(self, resolved: ResolvedControl) -> dict[str, Any]:
+        report = dict(resolved.applied)
+        errors = self.listener.pop_errors(resolved.wire.rid) if resolved.active else []
+        if errors:
+            report["errors"] = errors
+        return report
+
+    def _count_usage(self, usage: dict[str, Any] | None) -> None:
+        if usage:
+            metrics.TOKENS.labels("prompt").inc(usage.get("prompt_tokens") or 0)
+            metrics.TOKENS.labels("completion").inc(usage.get("completion_tokens") or 0)
+
+    async def _stream(self, chunks: AsyncIterator[str], resolved: ResolvedControl,
+                      wants_usage: bool, release: Callable[[], None]) -> AsyncIterator[str]:
+        """Pass SSE chunks through; the last data chunk before [DONE] carries `control`."""
+        held: dict[str, Any] | None = None
+        try:
+            async for line in chunks:
+                if not line.startswith("data: "):
+                    yield line
+                    continue
+                payload = line[len("data: "):].strip()
+                if payload == "[DONE]":
+                    break
+                data = json.loads(payload)
+                if data.get("usage") and not data.get("choices"):
+                    self._count_usage(data["usage"])
+                    if not wants_usage:
+                        continue  # usage-only chunk the client did not ask for
+                if held is not None:
+                    yield f"data: {json.dumps(held)}\n\n"
+                held = data
+            if held is not None:
+                held["control"] = self._report(resolved)
+                yield f"data: {json.dumps(held)}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            release()

@@ -1,0 +1,45 @@
+"""`vsteer` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        from vsteer.server.main import main as serve_main
+
+        return serve_main(argv[1:])
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from vsteer.vector_cli import add_vector_commands
+
+    p = argparse.ArgumentParser(prog="vsteer", description="Inference-time controls for vLLM.")
+    sub = p.add_subparsers(metavar="COMMAND")
+    sub.add_parser("serve", help="run the OpenAI-compatible server (see `vsteer serve -h`)")
+    model = sub.add_parser("model", help="models").add_subparsers(metavar="ACTION")
+    default = model.add_parser("default", help="print the default model's directory, "
+                               "building it offline first if absent")
+    default.set_defaults(func=_model_default)
+    add_vector_commands(sub)
+    return p
+
+
+def _model_default(_: argparse.Namespace) -> int:
+    from vsteer.model import ensure_default_model
+
+    print(ensure_default_model())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
