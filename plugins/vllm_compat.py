@@ -259,3 +259,8 @@ async def listen_for_disconnect(raw_request: Any) -> None:
     from vllm.entrypoints.serve.utils.api_utils import listen_for_disconnect as listen
 
     await listen(raw_request)
+
+
+def shutdown_offline_engine(llm: Any) -> None:
+    """Stop an offline `LLM`'s engine core now, not at interpreter exit."""
+    llm.llm_engine.engine_core.shutdown()

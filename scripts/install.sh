@@ -10,7 +10,9 @@ command -v "$PY" >/dev/null || PY=python3
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
+# pip's status survives the filter (pipefail); the filter drops local-mirror noise.
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@" 2>&1 \
+  | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   TARGET=gpu

@@ -62,4 +62,7 @@ class HiddenStateCapturer:
         return out
 
     def close(self) -> None:
+        from vsteer.plugins import vllm_compat
+
+        vllm_compat.shutdown_offline_engine(self.llm)
         self.listener.close()

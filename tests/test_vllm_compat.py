@@ -1,0 +1,108 @@
+"""Fails loudly, naming the symbol, when a vLLM upgrade moves an internal we wrap.
+
+Everything vsteer touches inside vLLM goes through vsteer.plugins.vllm_compat; each
+test here pins one of those touch points to the installed vLLM.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from vsteer.plugins import vllm_compat as compat
+from vsteer.plugins.hook_sites import HOOK_SITES
+
+
+def test_installed_vllm_is_the_pinned_version():
+    assert compat.check_vllm_version().startswith(compat.pinned_vllm_version())
+
+
+def test_version_mismatch_is_refused(monkeypatch):
+    import vllm
+
+    monkeypatch.setattr(vllm, "__version__", "0.0.1")
+    with pytest.raises(RuntimeError, match="pinned"):
+        compat.check_vllm_version()
+
+
+@pytest.mark.parametrize("site", sorted({(s.module, s.layer_class) for s in HOOK_SITES.values()}))
+def test_hook_site_layers_take_positions_hidden_residual(site):
+    cls = compat.decoder_layer_class(*site)
+    params = list(inspect.signature(cls.forward).parameters)
+    assert params[:4] == ["self", "positions", "hidden_states", "residual"], (
+        f"{site}: forward signature changed to {params}")
+    assert "prefix" in inspect.signature(cls.__init__).parameters, f"{site}: no prefix kwarg"
+
+
+def test_layer_index_helper():
+    from vllm.model_executor.models.utils import extract_layer_index
+
+    assert extract_layer_index("model.layers.7") == 7
+
+
+def test_model_runner_hooks_exist():
+    classes = compat.model_runner_classes()
+    base = classes[0]
+    assert base.__name__ == "GPUModelRunner"
+    fwd = list(inspect.signature(base._model_forward).parameters)
+    assert fwd[:3] == ["self", "input_ids", "positions"], fwd
+    assert any("load_model" in c.__dict__ for c in classes)
+    assert any(c.__name__ == "CPUModelRunner" for c in classes), "CPU runner moved"
+    src = inspect.getsource(base.execute_model)
+    assert "self._model_forward(" in src, "execute_model no longer calls _model_forward"
+    assert "_update_states" in src and "_prepare_inputs" in src
+
+
+def test_step_state_attributes_exist():
+    from vllm.v1.worker.gpu_input_batch import CachedRequestState, InputBatch
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    init_src = inspect.getsource(GPUModelRunner.__init__)
+    for attr in ("self.query_start_loc", "self.requests", "self.input_batch",
+                 "self.max_num_tokens", "self.max_num_reqs", "self.dtype"):
+        assert attr in init_src, f"GPUModelRunner no longer sets {attr}"
+    batch_src = inspect.getsource(InputBatch)
+    for attr in ("num_computed_tokens_cpu", "def req_ids", "num_reqs"):
+        assert attr in batch_src, f"InputBatch lost {attr}"
+    assert "num_prompt_tokens" in inspect.getsource(CachedRequestState)
+    assert "sampling_params" in CachedRequestState.__dataclass_fields__
+
+
+def test_additional_config_is_hashed_into_the_compile_key():
+    from vllm.config import VllmConfig
+
+    assert "additional_config" in inspect.getsource(VllmConfig.compute_hash)
+
+
+def test_server_side_internals():
+    chat, completion = compat.openai_request_classes()
+    for cls in (chat, completion):
+        assert {"vllm_xargs", "cache_salt", "stream_options"} <= set(cls.model_fields), cls
+    err = compat.error_response_class()
+    assert "error" in err.model_fields
+    parser = compat.vllm_arg_parser()
+    args = parser.parse_args(["--model", "m", "--dtype", "float32"])
+    assert args.model == "m" and args.dtype == "float32"
+    from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+
+    assert list(inspect.signature(init_app_state).parameters)[:4] == [
+        "engine_client", "state", "args", "supported_tasks"]
+    from vllm.entrypoints.serve.utils.api_utils import listen_for_disconnect
+
+    assert inspect.iscoroutinefunction(listen_for_disconnect)
+
+
+def test_offline_engine_shutdown_path():
+    from vllm.v1.engine.core_client import EngineCoreClient
+    from vllm.v1.engine.llm_engine import LLMEngine
+
+    assert "self.engine_core" in inspect.getsource(LLMEngine.__init__)
+    assert callable(EngineCoreClient.shutdown)
+
+
+def test_v2_runner_is_switched_off(monkeypatch):
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    compat.force_v1_model_runner()
+    import os
+
+    assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0"
