@@ -48,8 +48,9 @@ def test_bad_control_is_400_and_never_enqueued(server, control, message, param):
 
 
 def test_non_finite_scale_is_400(server):
-    body = ('{"model": "%s", "messages": [{"role": "user", "content": "hi"}], '
-            '"control": {"steer": [{"vector": "joyful", "scale": NaN}]}}' % MODEL_NAME)
+    # Python's json accepts the NaN literal; the server must still refuse it.
+    body = ('{"model": "' + MODEL_NAME + '", "messages": [{"role": "user", "content": '
+            '"hi"}], "control": {"steer": [{"vector": "joyful", "scale": NaN}]}}')
     r = httpx.post(server.base_url + "/v1/chat/completions", content=body,
                    headers={"Authorization": f"Bearer {API_KEY}",
                             "Content-Type": "application/json"})
