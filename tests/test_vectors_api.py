@@ -90,7 +90,7 @@ def test_vector_written_by_another_process_is_served(server, artifacts):
         "import numpy as np, sys\n"
         "from vsteer.artifacts import *\n"
         "fp = ModelFingerprint('LlamaForCausalLM', 576, 30)\n"
-        "v = SteeringVector({7: np.full(576, 0.3, np.float32)}, fp)\n"
+        "v = SteeringVector({7: np.full(576, 2.0, np.float32)}, fp)\n"
         "ArtifactStore(sys.argv[1]).save_vector('from-elsewhere', v, overwrite=True)\n"
     )
     subprocess.run([sys.executable, "-c", code, str(artifacts)], check=True)
