@@ -1,14 +1,17 @@
 """`torch.ops.vsteer.steer_apply`: the custom-op boundary of batched steering.
 
 Registered with `torch.library` and a fake impl, so torch.compile and CUDA graphs treat
-it as one opaque op that mutates `hidden` in place. The implementation behind it is
-chosen by `vsteer.kernels.dispatch` (the torch reference on CPU; a Triton kernel is
-the GPU path's plug-in point). Semantics: see `steer_reference.py`.
+it as one opaque op that mutates `hidden` in place. `step` is a CPU int64 pair
+(steered tokens this step, step serial): the runtime bumps the serial whenever the
+tables change, so implementations may cache per-step preprocessing on it. The
+implementation is chosen per device by `vsteer.kernels.dispatch` (`steer_cpu` on CPU,
+the reference elsewhere until the Triton kernel lands). Semantics: `steer_reference.py`.
 """
 
 from __future__ import annotations
 
 import torch
+
 from vsteer.kernels.dispatch import steer_backend
 
 
@@ -22,17 +25,17 @@ def steer_apply(
     row_op: torch.Tensor,
     vectors: torch.Tensor,
     inv_norms: torch.Tensor,
-    active: torch.Tensor,
+    step: torch.Tensor,
     layer: int,
 ) -> None:
     steer_backend(hidden.device).fn(
-        hidden, residual, token_row, row_slot, row_scale, row_op, vectors, inv_norms, active,
+        hidden, residual, token_row, row_slot, row_scale, row_op, vectors, inv_norms, step,
         layer,
     )
 
 
 @steer_apply.register_fake
 def _steer_apply_fake(
-    hidden, residual, token_row, row_slot, row_scale, row_op, vectors, inv_norms, active, layer
+    hidden, residual, token_row, row_slot, row_scale, row_op, vectors, inv_norms, step, layer
 ) -> None:
     return None

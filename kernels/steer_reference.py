@@ -1,7 +1,7 @@
 """Plain-torch reference of the batched steering op (the oracle for every kernel).
 
 Semantics (per call, at one layer `l`; x[t] = hidden[t] + residual[t] is the stream):
-    if active == 0: return                       # host-side flag, no device sync
+    if step[0] == 0: return                      # host-side flag, no device sync
     for t in range(T):
         r = token_row[t]
         if r < 0: continue                       # token untouched, bit for bit
@@ -35,10 +35,10 @@ def steer_apply_reference(
     row_op: torch.Tensor,  # [R, K] int32
     vectors: torch.Tensor,  # [S, L, H]
     inv_norms: torch.Tensor,  # [S, L] float32
-    active: torch.Tensor,  # [1] int32 on CPU: steered tokens this step (0 = skip all)
+    step: torch.Tensor,  # [2] int64 on CPU: (steered tokens this step, step serial)
     layer: int,
 ) -> None:
-    if int(active[0]) == 0:
+    if int(step[0]) == 0:
         return
     num_tokens = hidden.shape[0]
     rows = token_row[:num_tokens]

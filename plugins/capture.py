@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from vsteer.plugins.channel import WorkerChannel
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 import torch
+
 from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.channel import WorkerChannel
 from vsteer.plugins.hook_sites import HOOK_SITES, site_for

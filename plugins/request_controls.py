@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vsteer.kernels.steer_reference import OP_CODES
-
 from vsteer.wire import WireSpec
 
 Entry = tuple[int, float, int]  # (slot, scale, op code)

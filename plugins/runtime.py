@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 import vsteer.kernels  # noqa: F401  (registers torch.ops.vsteer.*)
+from vsteer.artifacts import ArtifactError, ModelFingerprint, SteeringVector
 from vsteer.kernels.dispatch import steer_backend
 from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.capture import CaptureCollector
@@ -19,8 +21,6 @@ from vsteer.plugins.channel import WorkerChannel
 from vsteer.plugins.request_controls import RequestControls
 from vsteer.plugins.slot_table import SlotTable
 from vsteer.plugins.token_plan import TokenPlan
-
-from vsteer.artifacts import ArtifactError, ModelFingerprint, SteeringVector
 from vsteer.wire import EXTRA_ARGS_KEY, MAX_STEER_ENTRIES, WireSteer, decode
 
 log = logging.getLogger("vsteer.runtime")
@@ -58,12 +58,12 @@ class ControlRuntime:
     def on_layer(self, layer: int, hidden: torch.Tensor, residual: torch.Tensor) -> None:
         plan = self.plan
         # In eager mode a Python check skips idle steps; compiled graphs always call the
-        # op, which reads the CPU `active` flag itself.
+        # op, which reads the CPU `step` flag itself.
         if not self.eager or plan.num_active:
             torch.ops.vsteer.steer_apply(
                 hidden, residual, plan.token_row.device, plan.row_slot.device,
                 plan.row_scale.device, plan.row_op.device, self.slots.vectors,
-                self.slots.inv_norms, plan.active, layer,
+                self.slots.inv_norms, plan.step, layer,
             )
         if self.capture is not None:
             self.capture.on_layer(layer, hidden, residual)

@@ -8,6 +8,7 @@ of requests without controls keep row -1 and are never touched.
 from __future__ import annotations
 
 import torch
+
 from vsteer.plugins.device_buffer import HostDeviceBuffer
 
 
@@ -22,7 +23,9 @@ class TokenPlan:
                                           device)  # [R, K]
         self.row_op = HostDeviceBuffer(torch.zeros(max_rows, k, dtype=torch.int32),
                                        device)  # [R, K]
-        self.active = torch.zeros(1, dtype=torch.int32)  # CPU flag: steered tokens this step
+        # CPU, never on device: (steered tokens this step, step serial). The serial changes
+        # whenever the tables do, so kernels may cache per-step work on it.
+        self.step = torch.zeros(2, dtype=torch.int64)
         self.num_rows = 0
         self.num_active = 0
         self._dirty = 0  # token_row[:_dirty] may hold rows from this step
@@ -51,7 +54,8 @@ class TokenPlan:
             self._dirty = max(self._dirty, end)
 
     def commit(self, num_tokens: int) -> None:
-        self.active[0] = self.num_active
+        self.step[0] = self.num_active
+        self.step[1] += 1
         self.token_row.upload(max(self._dirty, num_tokens))
         for buf in (self.row_slot, self.row_scale, self.row_op):
             buf.upload(self.num_rows)
@@ -62,5 +66,6 @@ class TokenPlan:
             self.token_row.np[: self._dirty] = -1
             self.token_row.upload(self._dirty)
             self._dirty = 0
-        self.active[0] = 0
+        self.step[0] = 0
+        self.step[1] += 1
         self.num_active = 0

@@ -20,6 +20,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from vsteer.artifacts import ArtifactStore, ModelFingerprint
+from vsteer.engine_config import DEFAULT_STEER_SLOTS, vsteer_additional_config
 from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.channel import ENV_ADDRESS, ChannelListener, new_channel_address
 from vsteer.server import metrics
@@ -29,9 +32,6 @@ from vsteer.server.control_resolver import ControlResolver
 from vsteer.server.errors import APIError, error_response
 from vsteer.server.routes_vectors import router as vectors_router
 from vsteer.server.serving import ControlledServing
-
-from vsteer.artifacts import ArtifactStore, ModelFingerprint
-from vsteer.engine_config import DEFAULT_STEER_SLOTS, vsteer_additional_config
 
 log = logging.getLogger("vsteer.server")
 HELLO_TIMEOUT_S = 120.0

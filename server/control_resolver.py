@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from vsteer.server.control_protocol import ControlSpec
-from vsteer.server.errors import APIError, pydantic_errors_to_api_error
 
 from vsteer.artifacts import ArtifactError, ArtifactStore, ModelFingerprint, check_name
+from vsteer.server.control_protocol import ControlSpec
+from vsteer.server.errors import APIError, pydantic_errors_to_api_error
 from vsteer.wire import WireSpec, WireSteer, encode, slot_key
 
 

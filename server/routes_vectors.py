@@ -8,10 +8,10 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from vsteer.server.errors import APIError, pydantic_errors_to_api_error
-from vsteer.server.serving import read_json_object
 
 from vsteer.artifacts import ArtifactError, SteeringVector, check_name
+from vsteer.server.errors import APIError, pydantic_errors_to_api_error
+from vsteer.server.serving import read_json_object
 
 router = APIRouter()
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024

@@ -12,13 +12,13 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
+
 from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.channel import ChannelListener
 from vsteer.server import metrics
 from vsteer.server.admission import SlotAdmission
 from vsteer.server.control_resolver import ControlResolver, ResolvedControl
 from vsteer.server.errors import APIError, error_response, pydantic_errors_to_api_error
-
 from vsteer.wire import EXTRA_ARGS_KEY
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -64,18 +64,26 @@ class ControlledServing:
             request = self._vllm_request(req_cls, body, resolved)
         except APIError as e:
             return e.response()
-        with metrics.ADMISSION_WAIT.time():
-            await self.admission.acquire(resolved.slot_keys)
+        keys = resolved.slot_keys
+        admitted = False
         released = False
 
         def release() -> None:
             nonlocal released
-            if not released:
+            if admitted and not released:
                 released = True
-                self.admission.release(resolved.slot_keys)
+                self.admission.release(keys)
+
+        async def admit_then_handle():
+            nonlocal admitted
+            with metrics.ADMISSION_WAIT.time():
+                await self.admission.acquire(keys)  # may wait for free steering slots
+            admitted = True
+            return await handler(request, raw)
 
         try:
-            result = await self._cancellable(handler(request, raw), raw)
+            # A client that leaves while waiting for slots or for the answer cancels both.
+            result = await self._cancellable(admit_then_handle(), raw)
         except BaseException:
             release()
             raise
@@ -172,3 +180,6 @@ class ControlledServing:
             yield "data: [DONE]\n\n"
         finally:
             release()
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()  # abort the engine request now if the client left

@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+
 from vsteer.server.admission import SlotAdmission
 from vsteer.server.errors import APIError
 

@@ -6,6 +6,7 @@ exactly the request that asks, leaving its batch neighbours untouched.
 """
 
 import pytest
+
 from conftest import run_helper
 
 pytestmark = pytest.mark.engine

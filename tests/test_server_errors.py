@@ -6,6 +6,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+
 from conftest import ADMIN_KEY, API_KEY, MODEL_NAME
 
 pytestmark = pytest.mark.engine

@@ -11,6 +11,7 @@ import asyncio
 import statistics
 
 import pytest
+
 from conftest import DEMO_LAYERS, ENGINE_DTYPE, MODEL_NAME, SERVER_SLOTS, run_helper
 from prompts import NEUTRAL
 

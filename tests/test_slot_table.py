@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from vsteer.plugins.slot_table import SlotsExhausted, SlotTable
 
 

@@ -1,6 +1,7 @@
 """Per-step token plan: prompt/generated split, idle reset."""
 
 import torch
+
 from vsteer.plugins.token_plan import TokenPlan
 
 
@@ -19,7 +20,7 @@ def test_rows_and_tokens():
     assert p.token_row.np[:10].tolist() == [-1, -1, 0, 0, 0, 1, 1, -1, -1, -1]
     assert p.row_slot.np[:2].tolist() == [[3, 0], [1, 2]]
     assert p.row_scale.np[1].tolist() == [-1.0, 0.5]
-    assert int(p.active[0]) == 5
+    assert int(p.step[0]) == 5
 
 
 def test_reset_returns_every_token_to_untouched():
@@ -28,7 +29,7 @@ def test_reset_returns_every_token_to_untouched():
     p.assign(0, 8, p.add_row([(1, 1.0, 0)]))
     p.commit(8)
     p.reset()
-    assert (p.token_row.np == -1).all() and int(p.active[0]) == 0
+    assert (p.token_row.np == -1).all() and int(p.step[0]) == 0
 
 
 def test_a_row_with_fewer_entries_clears_stale_ones():
@@ -39,3 +40,15 @@ def test_a_row_with_fewer_entries_clears_stale_ones():
     p.begin(1)
     p.add_row([(5, 1.0, 0)])
     assert p.row_slot.np[0].tolist() == [5, 0]
+
+
+def test_every_commit_and_reset_bumps_the_step_serial():
+    p = plan()
+    serials = []
+    for _ in range(3):
+        p.begin(1)
+        p.commit(1)
+        serials.append(int(p.step[1]))
+        p.reset()
+        serials.append(int(p.step[1]))
+    assert serials == sorted(set(serials))

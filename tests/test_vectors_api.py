@@ -9,6 +9,7 @@ import sys
 import httpx
 import numpy as np
 import pytest
+
 from conftest import ADMIN_KEY, API_KEY, MODEL_NAME
 
 pytestmark = pytest.mark.engine

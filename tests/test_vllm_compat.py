@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
+
 from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.hook_sites import HOOK_SITES
 

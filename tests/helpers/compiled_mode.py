@@ -16,10 +16,10 @@ if __name__ == "__main__":
     args = json.loads(sys.stdin.read())
     from vllm import LLM, SamplingParams
     from vllm.config import CompilationMode
-    from vsteer.plugins import entry
 
     from vsteer.artifacts import ArtifactStore
     from vsteer.engine_config import vsteer_additional_config
+    from vsteer.plugins import entry
     from vsteer.wire import WireSpec, WireSteer, encode, slot_key
 
     stored = ArtifactStore(args["artifacts"]).get_vector(args["vector"])
