@@ -1,11 +1,12 @@
 """CPU implementation of `steer_apply`, checked against `steer_apply_reference`.
 
-The reference recomputes everything at every layer. Here the step-invariant work runs
-once per step (keyed by the step serial in `step[1]`): which tokens are steered, and,
-when every entry of the step is an `add`, each row's summed delta for all layers
-(Σ_k c_k V[s_k] as [L, R, H] fp32). Each layer is then one fused add, computed in fp32
-and rounded once into hidden's dtype. Steps with `ablate` / `add_normalized` entries
-run the reference.
+The reference recomputes everything at every layer. Here:
+  - once per step (keyed by the step serial `step[1]`): which tokens are steered and
+    by which rows;
+  - once per row (kept while the rows epoch `step[2]` is unchanged): the row's summed
+    delta for every layer, Σ_k c_k V[s_k] as [L, H] fp32, for rows of `add` entries;
+  - per layer: one fused add, computed in fp32 and rounded once into hidden's dtype.
+Steps with `ablate` / `add_normalized` entries run the reference.
 
 Semantics: identical to steer_reference.py, except that several `add` entries are
 summed before being added (fp32 associativity, well inside the bf16 tolerance).
@@ -13,7 +14,7 @@ summed before being added (fp32 associativity, well inside the bf16 tolerance).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,40 +22,52 @@ from vsteer.kernels.steer_reference import OP_ADD, steer_apply_reference
 
 
 @dataclass
-class _StepPlan:
-    serial: int
-    sel: torch.Tensor  # [n] indices of steered tokens
-    span: tuple[int, int] | None  # (a, b) when the steered tokens are exactly a..b-1
-    tok_rows: torch.Tensor  # [n] index into row_delta's R axis
-    row_delta: torch.Tensor | None  # [L, R, H] fp32; None: the step has non-add entries
+class _State:
+    serial: int = -1  # step the token selection below belongs to
+    sel: torch.Tensor | None = None  # [n] steered token indices
+    span: tuple[int, int] | None = None  # (a, b) when the steered tokens are exactly a..b-1
+    rows: torch.Tensor | None = None  # [n] row of each steered token
+    single_row: int = -1  # the row, when every steered token uses the same one
+    add_only: bool = False
+    epoch: int = -1  # rows epoch the cached deltas belong to
+    delta: torch.Tensor | None = None  # [L, R, H] fp32 row deltas
+    ready: set[int] = field(default_factory=set)  # rows with a valid delta
+    non_add: set[int] = field(default_factory=set)  # rows that need the reference
 
 
-_plans: dict[int, _StepPlan] = {}  # token_row buffer address -> plan of its current step
+_states: dict[int, _State] = {}  # token_row buffer address -> state
 
 
-def _plan(token_row, row_slot, row_scale, row_op, vectors, num_tokens, serial) -> _StepPlan:
-    key = token_row.data_ptr()
-    plan = _plans.get(key)
-    if plan is not None and plan.serial == serial:
-        return plan
+def _prepare(st: _State, token_row, row_slot, row_scale, row_op, vectors, num_tokens,
+             serial: int, epoch: int) -> None:
+    if st.epoch != epoch:
+        st.epoch, st.ready, st.non_add = epoch, set(), set()
     rows = token_row[:num_tokens]
     sel = torch.nonzero(rows >= 0).squeeze(1)  # [n]
     n = sel.numel()
     first, last = int(sel[0]), int(sel[-1])
-    span = (first, first + n) if last - first + 1 == n else None
-    uniq, tok_rows = torch.unique(rows[sel].long(), return_inverse=True)  # [R], [n]
-    slots = row_slot[uniq].long()  # [R, K]
-    used = slots > 0
-    kmax = max(int(used.sum(dim=1).max()), 1)  # rows are filled from entry 0
-    slots, used = slots[:, :kmax], used[:, :kmax]
-    row_delta = None
-    if bool((row_op[uniq][:, :kmax][used] == OP_ADD).all()):
-        coeff = row_scale[uniq][:, :kmax] * used  # [R, K]
-        v = vectors[slots].float()  # [R, K, L, H]; slot 0 and absent layers are zeros
-        row_delta = torch.einsum("rk,rklh->lrh", coeff, v).contiguous()  # [L, R, H]
-    plan = _StepPlan(serial, sel, span, tok_rows, row_delta)
-    _plans[key] = plan
-    return plan
+    st.serial, st.sel = serial, sel
+    st.span = (first, first + n) if last - first + 1 == n else None
+    st.rows = rows[sel].long()
+    uniq = torch.unique(st.rows).tolist()
+    st.single_row = uniq[0] if len(uniq) == 1 else -1
+    missing = [r for r in uniq if r not in st.ready and r not in st.non_add]
+    if missing:
+        idx = torch.tensor(missing)
+        slots = row_slot[idx].long()  # [m, K]
+        used = slots > 0
+        is_add = ((row_op[idx] == OP_ADD) | ~used).all(dim=1)  # [m]
+        for r, ok in zip(missing, is_add.tolist(), strict=True):
+            (st.ready if ok else st.non_add).add(r)
+        add_idx = idx[is_add]
+        if add_idx.numel():
+            if st.delta is None:
+                num_layers, hidden = vectors.shape[1], vectors.shape[2]
+                st.delta = torch.zeros(num_layers, row_slot.shape[0], hidden)
+            coeff = row_scale[add_idx] * used[is_add]  # [m', K]
+            v = vectors[slots[is_add]].float()  # [m', K, L, H]; slot 0 / absent layers: 0
+            st.delta[:, add_idx] = torch.einsum("rk,rklh->lrh", coeff, v)
+    st.add_only = not any(r in st.non_add for r in uniq)
 
 
 def steer_apply_cpu(
@@ -66,23 +79,25 @@ def steer_apply_cpu(
     row_op: torch.Tensor,  # [R, K] int32
     vectors: torch.Tensor,  # [S, L, H]
     inv_norms: torch.Tensor,  # [S, L] float32
-    step: torch.Tensor,  # [2] int64 CPU: (steered tokens, step serial)
+    step: torch.Tensor,  # [3] int64 CPU: (steered tokens, step serial, rows epoch)
     layer: int,
 ) -> None:
     if int(step[0]) == 0:
         return
-    plan = _plan(token_row, row_slot, row_scale, row_op, vectors, hidden.shape[0],
-                 int(step[1]))
-    if plan.row_delta is None:
+    st = _states.setdefault(token_row.data_ptr(), _State())
+    serial = int(step[1])
+    if st.serial != serial:
+        _prepare(st, token_row, row_slot, row_scale, row_op, vectors, hidden.shape[0],
+                 serial, int(step[2]))
+    if not st.add_only:
         steer_apply_reference(hidden, residual, token_row, row_slot, row_scale, row_op,
                               vectors, inv_norms, step, layer)
         return
-    delta = plan.row_delta[layer]  # [R, H]
-    if delta.shape[0] > 1:
-        delta = delta.index_select(0, plan.tok_rows)  # [n, H]
-    if plan.span is not None:
-        a, b = plan.span
-        hidden[a:b].add_(delta)  # fp32 math, one rounding into hidden's dtype
+    delta = st.delta[layer]  # [R, H]
+    d = delta[st.single_row] if st.single_row >= 0 else delta.index_select(0, st.rows)
+    if st.span is not None:
+        a, b = st.span
+        hidden[a:b].add_(d)  # fp32 math, one rounding into hidden's dtype
     else:
-        h = hidden.index_select(0, plan.sel).float().add_(delta)
-        hidden.index_copy_(0, plan.sel, h.to(hidden.dtype))
+        h = hidden.index_select(0, st.sel).float().add_(d)
+        hidden.index_copy_(0, st.sel, h.to(hidden.dtype))

@@ -1,9 +1,10 @@
 """`torch.ops.vsteer.steer_apply`: the custom-op boundary of batched steering.
 
 Registered with `torch.library` and a fake impl, so torch.compile and CUDA graphs treat
-it as one opaque op that mutates `hidden` in place. `step` is a CPU int64 pair
-(steered tokens this step, step serial): the runtime bumps the serial whenever the
-tables change, so implementations may cache per-step preprocessing on it. The
+it as one opaque op that mutates `hidden` in place. `step` is a CPU int64 triple
+(steered tokens this step, step serial, rows epoch): the serial changes every step and
+the epoch whenever a row is written, so implementations may cache per-step work on the
+serial and per-row work on the epoch. The
 implementation is chosen per device by `vsteer.kernels.dispatch` (`steer_cpu` on CPU,
 the reference elsewhere until the Triton kernel lands). Semantics: `steer_reference.py`.
 """

@@ -35,7 +35,7 @@ def steer_apply_reference(
     row_op: torch.Tensor,  # [R, K] int32
     vectors: torch.Tensor,  # [S, L, H]
     inv_norms: torch.Tensor,  # [S, L] float32
-    step: torch.Tensor,  # [2] int64 on CPU: (steered tokens this step, step serial)
+    step: torch.Tensor,  # [3] int64 on CPU: (steered tokens, step serial, rows epoch)
     layer: int,
 ) -> None:
     if int(step[0]) == 0:

@@ -15,3 +15,8 @@ class HostDeviceBuffer:
         """Copy the first `n` rows host → device (no-op on CPU: they share memory)."""
         if self.device is not self.host and n > 0:
             self.device[:n].copy_(self.host[:n], non_blocking=True)
+
+    def upload_row(self, i: int) -> None:
+        """Copy row `i` host → device (no-op on CPU)."""
+        if self.device is not self.host:
+            self.device[i].copy_(self.host[i], non_blocking=True)

@@ -17,6 +17,8 @@ class RequestControls:
     keys: list[str] = field(default_factory=list)  # slot keys this request pins
     prompt_entries: list[Entry] = field(default_factory=list)
     generated_entries: list[Entry] = field(default_factory=list)
+    prompt_row: int = -1  # rows in the token plan, allocated when first needed
+    generated_row: int = -1
 
     def add_entry(self, key: str, slot: int, scale: float, op: str, positions: str) -> None:
         entry = (slot, scale, OP_CODES[op])

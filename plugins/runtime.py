@@ -82,10 +82,14 @@ class ControlRuntime:
                 continue
             a, b, p = int(qs[i]), int(qs[i + 1]), int(pos0[i])
             split = a + min(max(rc.num_prompt_tokens - p, 0), b - a)
-            if rc.prompt_entries:
-                plan.assign(a, split, plan.add_row(rc.prompt_entries))
-            if rc.generated_entries:
-                plan.assign(split, b, plan.add_row(rc.generated_entries))
+            if split > a and rc.prompt_entries:
+                if rc.prompt_row < 0:
+                    rc.prompt_row = self._alloc_row(rc.prompt_entries, view.req_ids)
+                plan.assign(a, split, rc.prompt_row)
+            if b > split and rc.generated_entries:
+                if rc.generated_row < 0:
+                    rc.generated_row = self._alloc_row(rc.generated_entries, view.req_ids)
+                plan.assign(split, b, rc.generated_row)
             if self.capture is not None and rc.spec.capture is not None:
                 self.capture.plan(rc.spec.rid, rc.spec.capture.layers, rc.num_prompt_tokens,
                                   a, split, p)
@@ -113,14 +117,31 @@ class ControlRuntime:
         })
 
     # -- request bookkeeping -----------------------------------------------------------
+    def _alloc_row(self, entries, scheduled: list[str]) -> int:
+        if self.plan.free_rows == 0:
+            # Preempted requests keep their state in the runner; take back their rows
+            # (they get new ones when they are scheduled again).
+            busy = set(scheduled)
+            for rid, rc in self.requests.items():
+                if rc is not None and rid not in busy:
+                    self._free_rows_of(rc)
+        return self.plan.alloc_row(entries)
+
+    def _free_rows_of(self, rc: RequestControls) -> None:
+        self.plan.free_row(rc.prompt_row)
+        self.plan.free_row(rc.generated_row)
+        rc.prompt_row = rc.generated_row = -1
+
     def _forget_finished(self, runner) -> None:
         if not self.requests:
             return
         live = compat.live_request_ids(runner)
         for rid in [r for r in self.requests if r not in live]:
             rc = self.requests.pop(rid)
-            if rc is not None and self.capture is not None:
-                self.capture.forget(rc.spec.rid)
+            if rc is not None:
+                self._free_rows_of(rc)
+                if self.capture is not None:
+                    self.capture.forget(rc.spec.rid)
 
     def _pinned(self) -> set[str]:
         return {k for rc in self.requests.values() if rc is not None for k in rc.keys}

@@ -1,15 +1,23 @@
-"""Per-step mapping of tokens to control rows: one int32 per token, like vLLM's LoRA.
+"""Mapping of tokens to control rows: one int32 per token, like vLLM's LoRA.
 
-Each request in the step gets up to two rows (its prompt-position entries and its
-generated-position entries); a row lists up to K (slot, scale, op) entries. Tokens
-of requests without controls keep row -1 and are never touched.
+A request with controls owns up to two rows (its prompt-position entries and its
+generated-position entries), allocated when first needed and kept until it finishes;
+a row lists up to K (slot, scale, op) entries. Per step only the token → row map is
+rewritten. Tokens of requests without controls keep row -1 and are never touched.
 """
 
 from __future__ import annotations
 
+import itertools
+import time
+
 import torch
 
 from vsteer.plugins.device_buffer import HostDeviceBuffer
+
+# Serials and epochs come from one process-wide counter, so no two plans (nor two
+# steps, nor two row writes) ever share a value that a kernel could have cached on.
+_STAMPS = itertools.count(time.time_ns())
 
 
 class TokenPlan:
@@ -23,29 +31,44 @@ class TokenPlan:
                                           device)  # [R, K]
         self.row_op = HostDeviceBuffer(torch.zeros(max_rows, k, dtype=torch.int32),
                                        device)  # [R, K]
-        # CPU, never on device: (steered tokens this step, step serial). The serial changes
-        # whenever the tables do, so kernels may cache per-step work on it.
-        self.step = torch.zeros(2, dtype=torch.int64)
-        self.num_rows = 0
+        # CPU, never on device: (steered tokens this step, step serial, rows epoch). The
+        # serial changes every step, the epoch whenever a row is (re)written, so kernels
+        # may cache per-step work on the serial and per-row work on the epoch.
+        self.step = torch.zeros(3, dtype=torch.int64)
+        self.epoch = next(_STAMPS)
+        self._free_rows = list(range(max_rows - 1, -1, -1))
         self.num_active = 0
         self._dirty = 0  # token_row[:_dirty] may hold rows from this step
 
     def begin(self, num_tokens: int) -> None:
         if num_tokens > self.max_tokens:
             raise RuntimeError(f"step has {num_tokens} tokens, plan holds {self.max_tokens}")
-        self.num_rows = 0
         self.num_active = 0
 
-    def add_row(self, entries: list[tuple[int, float, int]]) -> int:
+    @property
+    def free_rows(self) -> int:
+        return len(self._free_rows)
+
+    def alloc_row(self, entries: list[tuple[int, float, int]]) -> int:
         """entries: (slot, scale, op code), at most K. Returns the row index."""
-        r = self.num_rows
-        self.num_rows += 1
+        if not self._free_rows:
+            raise RuntimeError(f"all {self.max_rows} control rows are in use")
+        r = self._free_rows.pop()
         n = len(entries)
         self.row_slot.np[r, :n] = [e[0] for e in entries]
         self.row_slot.np[r, n:] = 0
         self.row_scale.np[r, :n] = [e[1] for e in entries]
+        self.row_scale.np[r, n:] = 0
         self.row_op.np[r, :n] = [e[2] for e in entries]
+        self.row_op.np[r, n:] = 0
+        for buf in (self.row_slot, self.row_scale, self.row_op):
+            buf.upload_row(r)
+        self.epoch = next(_STAMPS)
         return r
+
+    def free_row(self, r: int) -> None:
+        if r >= 0:
+            self._free_rows.append(r)
 
     def assign(self, start: int, end: int, row: int) -> None:
         if row >= 0 and end > start:
@@ -55,10 +78,9 @@ class TokenPlan:
 
     def commit(self, num_tokens: int) -> None:
         self.step[0] = self.num_active
-        self.step[1] += 1
+        self.step[1] = next(_STAMPS)
+        self.step[2] = self.epoch
         self.token_row.upload(max(self._dirty, num_tokens))
-        for buf in (self.row_slot, self.row_scale, self.row_op):
-            buf.upload(self.num_rows)
 
     def reset(self) -> None:
         """Back to idle: every token untouched (what warm-up dummy runs see)."""
@@ -67,5 +89,5 @@ class TokenPlan:
             self.token_row.upload(self._dirty)
             self._dirty = 0
         self.step[0] = 0
-        self.step[1] += 1
+        self.step[1] = next(_STAMPS)
         self.num_active = 0

@@ -186,6 +186,10 @@ def test_models_and_metrics(server):
     assert server.metric("vsteer_control_seconds_total") > 0
     assert server.metric("vsteer_tokens_total") > 0
     import httpx
+    import torch
+
+    from vsteer.kernels.dispatch import steer_backend
 
     text = httpx.get(server.base_url + "/metrics").text
-    assert 'vsteer_kernel_backend{backend="torch-reference",op="steer_apply"} 1.0' in text
+    name = steer_backend(torch.device("cpu")).name
+    assert f'vsteer_kernel_backend{{backend="{name}",op="steer_apply"}} 1.0' in text

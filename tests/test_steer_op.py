@@ -22,8 +22,9 @@ IMPLS = [steer_apply_reference, steer_apply_cpu]
 
 
 def step(active: int) -> torch.Tensor:
-    """A fresh (steered tokens, serial) pair: every call is a new step."""
-    return torch.tensor([active, next(_serial)], dtype=torch.int64)
+    """A fresh (steered tokens, serial, epoch) triple: a new step with new rows."""
+    serial = next(_serial)
+    return torch.tensor([active, serial, serial], dtype=torch.int64)
 
 
 def tables(entries_per_row, num_slots=3, seed=0):
@@ -214,3 +215,19 @@ def test_cpu_kernel_matches_reference(dtype, atol, rtol, hidden, tokens, ops, la
         torch.testing.assert_close(got, ref, atol=atol * 4, rtol=rtol)
         untouched = token_row[:tokens] < 0
         assert torch.equal(got[untouched], h[untouched])
+
+
+def test_cpu_kernel_keeps_row_deltas_across_steps_until_the_epoch_moves():
+    h0, r = torch.randn(2, H), torch.randn(2, H)
+    tabs = list(tables([[(1, 1.0, OP_ADD)]]))
+    token_row = torch.zeros(2, dtype=torch.int32)
+    s1, s2, s3, epoch, new_epoch = (next(_serial) for _ in range(5))
+    first = h0.clone()
+    steer_apply_cpu(first, r, token_row, *tabs, torch.tensor([2, s1, epoch]), 1)
+    tabs[1][0, 0] = 5.0  # rewritten row, but the epoch claims nothing changed ...
+    stale = h0.clone()
+    steer_apply_cpu(stale, r, token_row, *tabs, torch.tensor([2, s2, epoch]), 1)
+    assert torch.equal(stale, first)  # ... so the cached delta is (correctly) reused
+    fresh = h0.clone()
+    steer_apply_cpu(fresh, r, token_row, *tabs, torch.tensor([2, s3, new_epoch]), 1)
+    torch.testing.assert_close(fresh, h0 + 5.0 * tabs[3][1, 1])
