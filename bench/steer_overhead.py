@@ -1,9 +1,10 @@
 """Steering overhead on vLLM: output tokens/s with 0/50/100% of requests steered.
 
-Each steered request has its own random vector on every layer. Configurations are
-interleaved in a shuffled order within each repeat, and each steered result is divided
-by the unsteered result of the same repeat and batch size; the median of those paired
-ratios is reported (run-to-run noise here is ±15-25%, so single timings mean nothing).
+Each steered request has its own random vector on every layer. Within each repeat the
+fractions of one batch size run back to back in a shuffled order, and each steered
+result is divided by the unsteered result of the same repeat and batch size; the
+median and interquartile range of those paired ratios are reported (run-to-run noise
+on shared 2-core machines is ±15-25%, so single timings mean nothing).
 
     python bench/steer_overhead.py [--enforce-eager] [--repeats 5]
 """
@@ -100,9 +101,10 @@ def main() -> None:
     ratios: dict[tuple[int, float], list[float]] = {}
     host_share: dict[tuple[int, float], list[float]] = {}
     for _ in range(args.repeats):
-        order = [(b, f) for b in batches for f in fractions]
-        random.shuffle(order)
-        got = {cfg: run(*cfg) for cfg in order}
+        got = {}
+        for b in batches:
+            for f in random.sample(fractions, len(fractions)):
+                got[(b, f)] = run(b, f)
         for (b, f), (t, share) in got.items():
             tps.setdefault((b, f), []).append(t)
             host_share.setdefault((b, f), []).append(share)
@@ -112,19 +114,20 @@ def main() -> None:
     print(f"\nsteer_overhead on {device_name()}, vLLM {mode}, {args.dtype}, "
           f"{args.max_tokens} tokens/request, {args.repeats} repeats, backend {rt.backend}")
     print("| batch | steered | tok/s (median) | ratio to unsteered (median of paired) | "
-          "host planning share |")
-    print("|---|---|---|---|---|")
+          "IQR of paired ratios | host planning share |")
+    print("|---|---|---|---|---|---|")
     rows = []
     for b in batches:
         for f in fractions:
             r = statistics.median(ratios[(b, f)])
-            row = {"batch": b, "steered_fraction": f,
+            q1, _, q3 = statistics.quantiles(ratios[(b, f)], n=4)
+            row = {"batch": b, "steered_fraction": f, "iqr": [q1, q3],
                    "tokens_per_s": statistics.median(tps[(b, f)]), "ratio": r,
                    "ratios": ratios[(b, f)],
                    "host_planning_share": statistics.median(host_share[(b, f)])}
             rows.append(row)
             print(f"| {b} | {int(f * 100)}% | {row['tokens_per_s']:.1f} | {r:.3f} | "
-                  f"{row['host_planning_share'] * 100:.2f}% |")
+                  f"{q1:.3f}–{q3:.3f} | {row['host_planning_share'] * 100:.2f}% |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": device_name(), "mode": mode, "rows": rows}, fh, indent=2)
