@@ -17,6 +17,7 @@ serve: model
 
 test: model
 	$(VENV)/bin/ruff check .
+	TRITON_INTERPRET=1 $(PY) -m pytest tests/triton_interp -q $(PYTEST_ARGS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: model

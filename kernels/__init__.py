@@ -1,6 +1,7 @@
-"""Custom ops of the control runtime; importing this module registers them."""
+"""Custom ops of the control runtime; importing this package registers them:
+torch.ops.vsteer.steer_apply, .probe_score and .exit_confidence."""
 
-from vsteer.kernels import steer_op  # noqa: F401  (registers torch.ops.vsteer.*)
+from vsteer.kernels import exit_op, probe_op, steer_op  # noqa: F401  (registration)
 from vsteer.kernels.steer_reference import OP_CODES, steer_apply_reference
 
 __all__ = ["OP_CODES", "steer_apply_reference"]

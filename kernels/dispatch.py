@@ -1,8 +1,8 @@
-"""Which implementation runs each kernel op on a given device.
+"""Which implementation runs each kernel op on a given device type.
 
-CPU runs `steer_cpu` (per-step caching); any device without a registered kernel runs
-the reference. The
-chosen backend's name is logged once and exported as a metric label.
+CPU runs torch code (`steer_cpu` for steering, the references for the rest); CUDA runs
+the Triton kernels when `triton` imports, else the references. The choice is logged
+once per (op, device) and exported by the server as `vsteer_kernel_backend`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
+from vsteer.kernels.exit_reference import exit_confidence_reference
+from vsteer.kernels.probe_reference import probe_score_reference
 from vsteer.kernels.steer_cpu import steer_apply_cpu
 from vsteer.kernels.steer_reference import steer_apply_reference
 
 log = logging.getLogger("vsteer.kernels")
+OPS = ("steer_apply", "probe_score", "exit_confidence")
 
 
 @dataclass(frozen=True)
@@ -25,19 +28,41 @@ class Backend:
     fn: Callable[..., None]
 
 
-REFERENCE = Backend("torch-reference", steer_apply_reference)
-# device type -> backend; the Triton kernel registers itself for "cuda" when it lands.
-_STEER_BACKENDS: dict[str, Backend] = {"cpu": Backend("torch-cpu", steer_apply_cpu)}
-_logged: set[str] = set()
+REFERENCES = {
+    "steer_apply": Backend("torch-reference", steer_apply_reference),
+    "probe_score": Backend("torch-reference", probe_score_reference),
+    "exit_confidence": Backend("torch-reference", exit_confidence_reference),
+}
+_BACKENDS: dict[tuple[str, str], Backend] = {
+    ("steer_apply", "cpu"): Backend("torch-cpu", steer_apply_cpu),
+}
+_logged: set[tuple[str, str]] = set()
 
 
-def register_steer_backend(device_type: str, backend: Backend) -> None:
-    _STEER_BACKENDS[device_type] = backend
+def _register_triton() -> None:
+    try:
+        from vsteer.kernels.exit_triton import exit_confidence_triton
+        from vsteer.kernels.probe_triton import probe_score_triton
+        from vsteer.kernels.steer_triton import steer_apply_triton
+    except ImportError as e:  # no triton: CUDA falls back to the references
+        log.info("vsteer: Triton kernels unavailable (%s)", e)
+        return
+    _BACKENDS[("steer_apply", "cuda")] = Backend("triton", steer_apply_triton)
+    _BACKENDS[("probe_score", "cuda")] = Backend("triton", probe_score_triton)
+    _BACKENDS[("exit_confidence", "cuda")] = Backend("triton", exit_confidence_triton)
 
 
-def steer_backend(device: torch.device) -> Backend:
-    backend = _STEER_BACKENDS.get(device.type, REFERENCE)
-    if device.type not in _logged:
-        _logged.add(device.type)
-        log.info("vsteer steer_apply on %s uses %s", device.type, backend.name)
-    return backend
+def backend(op: str, device: torch.device | str) -> Backend:
+    dtype = torch.device(device).type
+    chosen = _BACKENDS.get((op, dtype), REFERENCES[op])
+    if (op, dtype) not in _logged:
+        _logged.add((op, dtype))
+        log.info("vsteer %s on %s uses %s", op, dtype, chosen.name)
+    return chosen
+
+
+def steer_backend(device: torch.device | str) -> Backend:
+    return backend("steer_apply", device)
+
+
+_register_triton()

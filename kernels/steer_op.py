@@ -9,7 +9,7 @@ dispatch per call, paid at every layer of every step; this path costs a few µs.
 serial changes every step and the epoch whenever a row is written, so implementations
 may cache per-step work on the serial and per-row work on the epoch. The
 implementation is chosen per device by `vsteer.kernels.dispatch` (`steer_cpu` on CPU,
-the reference elsewhere until the Triton kernel lands). Semantics: `steer_reference.py`.
+Triton on CUDA). Semantics: `steer_reference.py`.
 """
 
 from __future__ import annotations
@@ -17,15 +17,13 @@ from __future__ import annotations
 import torch
 
 from vsteer.kernels.dispatch import steer_backend
+from vsteer.kernels.library import LIB
 
-SCHEMA = (
+LIB.define(
     "steer_apply(Tensor(a!) hidden, Tensor? residual, Tensor token_row, Tensor row_slot, "
     "Tensor row_scale, Tensor row_op, Tensor vectors, Tensor inv_norms, Tensor step, "
     "int layer) -> ()"
 )
-
-_lib = torch.library.Library("vsteer", "DEF")
-_lib.define(SCHEMA)
 
 
 def _steer_apply_by_device(hidden, residual, token_row, row_slot, row_scale, row_op, vectors,
@@ -41,6 +39,6 @@ def _steer_apply_fake(hidden, residual, token_row, row_slot, row_scale, row_op, 
 
 # CPU binds its kernel directly (this call runs at every layer of every step). CUDA
 # looks the backend up per call: under CUDA graphs Python only runs at capture time.
-_lib.impl("steer_apply", steer_backend(torch.device("cpu")).fn, "CPU")
-_lib.impl("steer_apply", _steer_apply_by_device, "CUDA")
-torch.library.register_fake("vsteer::steer_apply", _steer_apply_fake, lib=_lib)
+LIB.impl("steer_apply", steer_backend(torch.device("cpu")).fn, "CPU")
+LIB.impl("steer_apply", _steer_apply_by_device, "CUDA")
+torch.library.register_fake("vsteer::steer_apply", _steer_apply_fake, lib=LIB)

@@ -22,6 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 HELPERS = Path(__file__).parent / "helpers"
+# Triton's interpreter must be on before triton is imported: its own process runs these.
+collect_ignore = [] if os.environ.get("TRITON_INTERPRET") == "1" else ["triton_interp"]
 API_KEY = "test-key"
 ADMIN_KEY = "test-admin-key"
 SERVER_SLOTS = 8

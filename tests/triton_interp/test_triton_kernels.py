@@ -1,0 +1,121 @@
+"""Each Triton kernel equals its plain-torch reference (TRITON_INTERPRET=1, CPU).
+
+Tolerances, per dtype of the tensor the kernel writes (both sides compute in fp32 and
+round once, so they differ by reduction order and at most a rounding step):
+    steer_apply:      fp32 rtol 1e-5; fp16 / bf16: 2 ulps of the dtype at the row's
+                      largest magnitude.
+    probe_score:      fp32 outputs, atol 1e-5 (sigmoid of fp32 sums).
+    exit_confidence:  fp32 outputs, atol 1e-5 (1e-4 for entropy over 50k-entry vocabularies).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vsteer.kernels.exit_reference import exit_confidence_reference
+from vsteer.kernels.exit_triton import exit_confidence_triton
+from vsteer.kernels.probe_reference import PER_TOKEN, POOL_LAST, POOL_MEAN, probe_score_reference
+from vsteer.kernels.probe_triton import probe_score_triton
+from vsteer.kernels.steer_reference import (
+    OP_ABLATE,
+    OP_ADD,
+    OP_ADD_NORMALIZED,
+    steer_apply_reference,
+)
+from vsteer.kernels.steer_triton import steer_apply_triton
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# (tokens, hidden): 1..4096 tokens, 64..8192 hidden, non-powers of two included; the
+# largest products are left out to keep the interpreter's run short.
+SHAPES = [(1, 64), (7, 100), (33, 576), (300, 1000), (4096, 64), (1024, 320),
+          (5, 4096), (3, 8192), (64, 4096), (9, 5000)]
+
+
+def _ulps(dtype: torch.dtype) -> float:
+    return {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}[dtype] * 2
+
+
+def _close(got: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    else:
+        scale = ref.float().abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
+        err = (got.float() - ref.float()).abs()
+        assert bool((err <= _ulps(dtype) * scale).all()), float((err / scale).max())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tokens,hidden", SHAPES)
+@pytest.mark.parametrize("residual", [True, False], ids=["pair", "single"])
+def test_steer_apply(dtype, tokens, hidden, residual):
+    g = torch.Generator().manual_seed(tokens * 7 + hidden)
+    slots, layers, rows, k = 6, 3, 5, 3
+    vectors = torch.randn(slots + 1, layers, hidden, generator=g).to(dtype)
+    vectors[0] = 0
+    vectors[3, 1] = 0  # slot 3 has no direction at layer 1
+    norms = vectors.float().norm(dim=-1)
+    inv = torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
+    row_slot = torch.randint(0, slots + 1, (rows, k), generator=g, dtype=torch.int32)
+    row_scale = torch.randn(rows, k, generator=g)
+    row_op = torch.tensor([OP_ADD, OP_ABLATE, OP_ADD_NORMALIZED], dtype=torch.int32)[
+        torch.randint(0, 3, (rows, k), generator=g)]
+    token_row = torch.randint(-1, rows, (tokens + 3,), generator=g, dtype=torch.int32)
+    h = (torch.randn(tokens, hidden, generator=g) * 3).to(dtype)
+    r = (torch.randn(tokens, hidden, generator=g) * 3).to(dtype) if residual else None
+    step = torch.tensor([int((token_row[:tokens] >= 0).sum()), 1, 1])
+    # layer 1 holds the slot without a direction; the interpreter is slow on big T
+    for layer in (range(layers) if tokens < 1024 else (1,)):
+        ref, got = h.clone(), h.clone()
+        steer_apply_reference(ref, r, token_row, row_slot, row_scale, row_op, vectors, inv,
+                              step, layer)
+        steer_apply_triton(got, r, token_row, row_slot, row_scale, row_op, vectors, inv, step,
+                           layer)
+        _close(got, ref, dtype)
+        untouched = token_row[:tokens] < 0
+        assert torch.equal(got[untouched], h[untouched])  # -1 rows: bit for bit
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("pooling", [POOL_MEAN, POOL_LAST, PER_TOKEN],
+                         ids=["mean", "last", "per_token"])
+@pytest.mark.parametrize("lengths,hidden", [([1], 64), ([3, 1, 17], 576), ([300, 5], 1000),
+                                            ([4096], 64), ([2, 9], 8192)])
+def test_probe_score(dtype, pooling, lengths, hidden):
+    g = torch.Generator().manual_seed(sum(lengths) + hidden)
+    tokens = sum(lengths)
+    h = torch.randn(tokens, hidden, generator=g).to(dtype)
+    r = torch.randn(tokens, hidden, generator=g).to(dtype)
+    w = (torch.randn(hidden, generator=g) / hidden**0.5).to(dtype)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    n = tokens if pooling == PER_TOKEN else len(lengths)
+    ref, got = torch.zeros(n), torch.zeros(n)
+    probe_score_reference(h, r, cu, w, -0.2, pooling, ref)
+    probe_score_triton(h, r, cu, w, -0.2, pooling, got)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tokens,vocab", [(1, 10), (4, 1000), (3, 4097), (2, 49152),
+                                          (257, 512)])
+def test_exit_confidence(dtype, tokens, vocab):
+    g = torch.Generator().manual_seed(tokens + vocab)
+    z = (torch.randn(tokens, vocab, generator=g) * 4).to(dtype)
+    z[0, vocab // 3] = 40.0  # one very confident token
+    if tokens > 2:
+        z[1] = 0.0  # uniform: margin 0, entropy log V
+        z[2, vocab // 2 :] = float("-inf")  # masked vocabulary entries
+    ref, got = torch.zeros(tokens, 3), torch.zeros(tokens, 3)
+    exit_confidence_reference(z, ref)
+    exit_confidence_triton(z, got)
+    torch.testing.assert_close(got[:, :2], ref[:, :2], rtol=0, atol=1e-5)
+    torch.testing.assert_close(got[:, 2], ref[:, 2], rtol=0, atol=1e-4)
+
+
+def test_exit_confidence_on_a_strided_view():
+    z = torch.randn(6, 300)
+    view = z[:, :257]  # row stride 300 != vocab 257
+    ref, got = torch.zeros(6, 3), torch.zeros(6, 3)
+    exit_confidence_reference(view, ref)
+    exit_confidence_triton(view, got)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
