@@ -5,6 +5,9 @@ The reference recomputes everything at every layer. Here:
     by which rows;
   - once per row (kept while the rows epoch `step[2]` is unchanged): the row's summed
     delta for every layer, Σ_k c_k V[s_k] as [L, H] fp32, for rows of `add` entries;
+  - when the step is small (decode): every steered token's delta for every layer,
+    gathered as [L, n, H] and kept while the token → row map and the epoch stay the
+    same (steady decode keeps the batch order, so this is rarely redone);
   - per layer: one fused add, computed in fp32 and rounded once into hidden's dtype.
 Steps with `ablate` / `add_normalized` entries run the reference.
 
@@ -31,24 +34,31 @@ class _State:
     add_only: bool = False
     epoch: int = -1  # rows epoch the cached deltas belong to
     delta: torch.Tensor | None = None  # [L, R, H] fp32 row deltas
+    token_delta: torch.Tensor | None = None  # [L, n, H] this step's per-token deltas
     ready: set[int] = field(default_factory=set)  # rows with a valid delta
     non_add: set[int] = field(default_factory=set)  # rows that need the reference
 
 
 _states: dict[int, _State] = {}  # token_row buffer address -> state
+GATHER_ALL_LAYERS_MAX_TOKENS = 512  # above this (long prefills), gather per layer
 
 
 def _prepare(st: _State, token_row, row_slot, row_scale, row_op, vectors, num_tokens,
              serial: int, epoch: int) -> None:
-    if st.epoch != epoch:
+    same_epoch = st.epoch == epoch
+    if not same_epoch:
         st.epoch, st.ready, st.non_add = epoch, set(), set()
     rows = token_row[:num_tokens]
     sel = torch.nonzero(rows >= 0).squeeze(1)  # [n]
     n = sel.numel()
     first, last = int(sel[0]), int(sel[-1])
+    new_rows = rows[sel].long()
     st.serial, st.sel = serial, sel
     st.span = (first, first + n) if last - first + 1 == n else None
-    st.rows = rows[sel].long()
+    if (same_epoch and st.token_delta is not None and st.rows is not None
+            and torch.equal(new_rows, st.rows)):
+        return  # same rows for the same tokens as the previous step: keep everything
+    st.rows = new_rows
     uniq = torch.unique(st.rows).tolist()
     st.single_row = uniq[0] if len(uniq) == 1 else -1
     missing = [r for r in uniq if r not in st.ready and r not in st.non_add]
@@ -68,6 +78,9 @@ def _prepare(st: _State, token_row, row_slot, row_scale, row_op, vectors, num_to
             v = vectors[slots[is_add]].float()  # [m', K, L, H]; slot 0 / absent layers: 0
             st.delta[:, add_idx] = torch.einsum("rk,rklh->lrh", coeff, v)
     st.add_only = not any(r in st.non_add for r in uniq)
+    st.token_delta = None
+    if st.add_only and st.single_row < 0 and n <= GATHER_ALL_LAYERS_MAX_TOKENS:
+        st.token_delta = st.delta.index_select(1, st.rows)  # [L, n, H]
 
 
 def steer_apply_cpu(
@@ -82,19 +95,25 @@ def steer_apply_cpu(
     step: torch.Tensor,  # [3] int64 CPU: (steered tokens, step serial, rows epoch)
     layer: int,
 ) -> None:
-    if int(step[0]) == 0:
+    active, serial, epoch = step.tolist()
+    if active == 0:
         return
-    st = _states.setdefault(token_row.data_ptr(), _State())
-    serial = int(step[1])
+    st = _states.get(token_row.data_ptr())
+    if st is None:
+        st = _states[token_row.data_ptr()] = _State()
     if st.serial != serial:
         _prepare(st, token_row, row_slot, row_scale, row_op, vectors, hidden.shape[0],
-                 serial, int(step[2]))
+                 serial, epoch)
     if not st.add_only:
         steer_apply_reference(hidden, residual, token_row, row_slot, row_scale, row_op,
                               vectors, inv_norms, step, layer)
         return
-    delta = st.delta[layer]  # [R, H]
-    d = delta[st.single_row] if st.single_row >= 0 else delta.index_select(0, st.rows)
+    if st.token_delta is not None:
+        d = st.token_delta[layer]  # [n, H]
+    elif st.single_row >= 0:
+        d = st.delta[layer, st.single_row]  # [H], broadcast over the tokens
+    else:
+        d = st.delta[layer].index_select(0, st.rows)  # [n, H]
     if st.span is not None:
         a, b = st.span
         hidden[a:b].add_(d)  # fp32 math, one rounding into hidden's dtype

@@ -49,7 +49,9 @@ class ControlRuntime:
         self.control_seconds = 0.0
         self.steps = 0
         self._last_stats = 0.0
-        self.backend = steer_backend(shape.device).name
+        steer = steer_backend(shape.device)
+        self.backend = steer.name
+        self._steer_kernel = steer.fn  # eager mode calls it directly, skipping the dispatcher
         channel.send({"type": "hello", "pid": os.getpid(), "rank": shape.tp_rank,
                       "fingerprint": self.fingerprint.to_dict(), "backend": self.backend,
                       "slots": self.slots.num_slots, "eager": self.eager})
@@ -57,9 +59,17 @@ class ControlRuntime:
     # -- per layer (inside the forward pass; traced once in compiled mode) -------------
     def on_layer(self, layer: int, hidden: torch.Tensor, residual: torch.Tensor) -> None:
         plan = self.plan
-        # In eager mode a Python check skips idle steps; compiled graphs always call the
-        # op, which reads the CPU `step` flag itself.
-        if not self.eager or plan.num_active:
+        if self.eager:
+            # Not traced: skip idle steps in Python and call the kernel without the
+            # dispatcher (the op boundary only matters to the compiler).
+            if plan.num_active:
+                self._steer_kernel(
+                    hidden, residual, plan.token_row.device, plan.row_slot.device,
+                    plan.row_scale.device, plan.row_op.device, self.slots.vectors,
+                    self.slots.inv_norms, plan.step, layer,
+                )
+        else:
+            # Compiled graphs always call the op, which reads the CPU `step` flag itself.
             torch.ops.vsteer.steer_apply(
                 hidden, residual, plan.token_row.device, plan.row_slot.device,
                 plan.row_scale.device, plan.row_op.device, self.slots.vectors,

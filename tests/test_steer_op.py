@@ -231,3 +231,17 @@ def test_cpu_kernel_keeps_row_deltas_across_steps_until_the_epoch_moves():
     fresh = h0.clone()
     steer_apply_cpu(fresh, r, token_row, *tabs, torch.tensor([2, s3, new_epoch]), 1)
     torch.testing.assert_close(fresh, h0 + 5.0 * tabs[3][1, 1])
+
+
+def test_cpu_kernel_regathers_when_the_batch_order_changes_under_the_same_epoch():
+    tabs = tables([[(1, 1.0, OP_ADD)], [(2, -2.0, OP_ADD)], [(3, 0.5, OP_ADD)]])
+    r = torch.randn(3, H)
+    epoch = next(_serial)
+    for token_row in ([0, 1, 2], [0, 1, 2], [2, 0, 1], [1, -1, 0]):  # steady, then reordered
+        tr = torch.tensor(token_row, dtype=torch.int32)
+        h = torch.randn(3, H)
+        ref, got = h.clone(), h.clone()
+        n = int((tr >= 0).sum())
+        steer_apply_reference(ref, r, tr, *tabs, step(n), 1)
+        steer_apply_cpu(got, r, tr, *tabs, torch.tensor([n, next(_serial), epoch]), 1)
+        torch.testing.assert_close(got, ref)

@@ -1,0 +1,24 @@
+"""The GPU benchmarks also run (small, on CPU) so they cannot rot between GPU sessions."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).parent.parent / "bench"
+
+
+def _run(*args: str) -> str:
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_kernels_benchmark_runs():
+    text = _run(str(BENCH / "kernels.py"), "--quick", "--device", "cpu")
+    for op in ("steer_apply add", "probe_score per token", "exit_confidence"):
+        assert f"| {op} |" in text
+
+
+def test_decode_overhead_benchmark_runs():
+    text = _run(str(BENCH / "decode_overhead.py"), "--tiny")
+    assert "ratio" in text and "steer backend torch-cpu" in text
