@@ -39,12 +39,15 @@ class _State:
     non_add: set[int] = field(default_factory=set)  # rows that need the reference
 
 
-_states: dict[int, _State] = {}  # token_row buffer address -> state
+_states: dict[tuple[int, int, int], _State] = {}  # (token_row, row_slot, vectors) addresses
 GATHER_ALL_LAYERS_MAX_TOKENS = 512  # above this (long prefills), gather per layer
 
 
 def _prepare(st: _State, token_row, row_slot, row_scale, row_op, vectors, num_tokens,
              serial: int, epoch: int) -> None:
+    shape = (vectors.shape[1], row_slot.shape[0], vectors.shape[2])  # [L, R, H]
+    if st.delta is not None and tuple(st.delta.shape) != shape:
+        st.delta, st.token_delta, st.rows, st.epoch = None, None, None, -1  # other tables
     same_epoch = st.epoch == epoch
     if not same_epoch:
         st.epoch, st.ready, st.non_add = epoch, set(), set()
@@ -72,8 +75,7 @@ def _prepare(st: _State, token_row, row_slot, row_scale, row_op, vectors, num_to
         add_idx = idx[is_add]
         if add_idx.numel():
             if st.delta is None:
-                num_layers, hidden = vectors.shape[1], vectors.shape[2]
-                st.delta = torch.zeros(num_layers, row_slot.shape[0], hidden)
+                st.delta = torch.zeros(shape)
             coeff = row_scale[add_idx] * used[is_add]  # [m', K]
             v = vectors[slots[is_add]].float()  # [m', K, L, H]; slot 0 / absent layers: 0
             st.delta[:, add_idx] = torch.einsum("rk,rklh->lrh", coeff, v)
@@ -98,9 +100,10 @@ def steer_apply_cpu(
     active, serial, epoch = step.tolist()
     if active == 0:
         return
-    st = _states.get(token_row.data_ptr())
+    key = (token_row.data_ptr(), row_slot.data_ptr(), vectors.data_ptr())
+    st = _states.get(key)
     if st is None:
-        st = _states[token_row.data_ptr()] = _State()
+        st = _states[key] = _State()
     if st.serial != serial:
         _prepare(st, token_row, row_slot, row_scale, row_op, vectors, hidden.shape[0],
                  serial, epoch)
