@@ -14,7 +14,7 @@ import torch
 
 import vsteer.kernels  # noqa: F401  (registers torch.ops.vsteer.*)
 from vsteer.artifacts import ArtifactError, ModelFingerprint, SteeringVector
-from vsteer.kernels.dispatch import steer_backend
+from vsteer.kernels.dispatch import OPS, backend, steer_backend
 from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.capture import CaptureCollector
 from vsteer.plugins.channel import WorkerChannel
@@ -51,9 +51,11 @@ class ControlRuntime:
         self._last_stats = 0.0
         steer = steer_backend(shape.device)
         self.backend = steer.name
+        self.backends = {op: backend(op, shape.device).name for op in OPS}
         self._steer_kernel = steer.fn  # eager mode calls it directly, skipping the dispatcher
         channel.send({"type": "hello", "pid": os.getpid(), "rank": shape.tp_rank,
                       "fingerprint": self.fingerprint.to_dict(), "backend": self.backend,
+                      "backends": self.backends,
                       "slots": self.slots.num_slots, "eager": self.eager})
 
     # -- per layer (inside the forward pass; traced once in compiled mode) -------------
@@ -123,7 +125,8 @@ class ControlRuntime:
             "type": "stats", "rank": self.shape.tp_rank, "steps": self.steps,
             "steered_tokens": self.steered_tokens, "control_seconds": self.control_seconds,
             "slots_in_use": self.slots.in_use(pinned), "slots_total": self.slots.num_slots,
-            "backend": self.backend, "dropped": self.channel.dropped,
+            "backend": self.backend, "backends": self.backends,
+            "dropped": self.channel.dropped,
         })
 
     # -- request bookkeeping -----------------------------------------------------------

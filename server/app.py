@@ -80,8 +80,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 unregister = metrics.register_worker_collector(metrics.WorkerStatsCollector(
                     lambda: listener.stats.get(0),
                     lambda: (admission.in_use, admission.waiting)))
-                log.info("vsteer ready: %s, kernel backend %s, %d steering slots, artifacts %s",
-                         fingerprint.architecture, hello["backend"], cfg.max_steer_slots,
+                log.info("vsteer ready: %s, kernels %s, %d steering slots, artifacts %s",
+                         fingerprint.architecture, hello["backends"], cfg.max_steer_slots,
                          cfg.artifacts)
                 try:
                     yield

@@ -45,9 +45,10 @@ class WorkerStatsCollector(Collector):
                                 "by requests in flight (server side)", value=float(in_use))
         yield GaugeMetricFamily("vsteer_requests_waiting_for_slots", "Requests waiting for "
                                 "steering slots", value=float(waiting))
-        info = GaugeMetricFamily("vsteer_kernel_backend", "Kernel backend in use",
+        info = GaugeMetricFamily("vsteer_kernel_backend", "Kernel backend in use, per op",
                                  labels=["op", "backend"])
-        info.add_metric(["steer_apply", str(s.get("backend", "unknown"))], 1.0)
+        for op, name in (s.get("backends") or {}).items():
+            info.add_metric([str(op), str(name)], 1.0)
         yield info
 
 

@@ -188,8 +188,9 @@ def test_models_and_metrics(server):
     import httpx
     import torch
 
-    from vsteer.kernels.dispatch import steer_backend
+    from vsteer.kernels.dispatch import OPS, backend
 
     text = httpx.get(server.base_url + "/metrics").text
-    name = steer_backend(torch.device("cpu")).name
-    assert f'vsteer_kernel_backend{{backend="{name}",op="steer_apply"}} 1.0' in text
+    for op in OPS:
+        name = backend(op, torch.device("cpu")).name
+        assert f'vsteer_kernel_backend{{backend="{name}",op="{op}"}} 1.0' in text
