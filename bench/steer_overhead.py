@@ -17,12 +17,14 @@ import os
 import platform
 import random
 import statistics
-import tempfile
+import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 def device_name() -> str:
@@ -55,14 +57,12 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
 
-    import numpy as np
+    from random_vectors import random_steer_specs
     from vllm import LLM, SamplingParams
 
-    from vsteer.artifacts import ArtifactStore, SteeringVector
     from vsteer.engine_config import vsteer_additional_config
     from vsteer.model import resolve_model
     from vsteer.plugins import entry
-    from vsteer.wire import WireSpec, WireSteer, encode, slot_key
 
     batches = [int(b) for b in args.batches.split(",")]
     fractions = [float(f) for f in args.fractions.split(",")]
@@ -70,19 +70,7 @@ def main() -> None:
               enforce_eager=args.enforce_eager, max_num_seqs=max(batches),
               additional_config=vsteer_additional_config(max_steer_slots=max(batches)))
     rt = entry.runtime()
-    fp = rt.fingerprint
-    store = ArtifactStore(tempfile.mkdtemp(prefix="vsteer-bench-"))
-    rng = np.random.default_rng(0)
-    specs = []
-    for i in range(max(batches)):  # distinct vectors, all layers
-        dirs = {la: (rng.standard_normal(fp.hidden_size) * 0.1).astype(np.float32)
-                for la in range(fp.num_layers)}
-        store.save_vector(f"v{i}", SteeringVector(dirs, fp, method="random"))
-        s = store.get_vector(f"v{i}")
-        layers = s.vector.layers
-        specs.append(encode(WireSpec(rid=f"b{i}", steer=[WireSteer(
-            key=slot_key(f"v{i}", s.sha256, layers), path=str(s.path), sha256=s.sha256,
-            layers=layers, scale=args.scale, op="add", positions="all")])))
+    specs = random_steer_specs(rt.fingerprint, max(batches), args.scale)
     prompts = [f"Write a short story about a traveller number {i}." for i in range(64)]
 
     def run(batch: int, fraction: float) -> tuple[float, float]:

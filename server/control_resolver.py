@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from vsteer.artifacts import ArtifactError, ArtifactStore, ModelFingerprint, check_name
 from vsteer.server.control_protocol import ControlSpec
 from vsteer.server.errors import APIError, pydantic_errors_to_api_error
-from vsteer.wire import WireSpec, WireSteer, encode, slot_key
+from vsteer.wire import WireSpec, WireSteer, encode, steer_entry
 
 
 @dataclass
@@ -67,11 +67,10 @@ class ControlResolver:
                             "positions": entry.positions, "op": entry.op})
             if entry.scale == 0.0:
                 continue  # scale 0 is no steering, bit for bit: nothing reaches the kernel
-            key = slot_key(entry.vector, stored.sha256, layers)
-            keys.add(key)
-            steer.append(WireSteer(key=key, path=str(stored.path), sha256=stored.sha256,
-                                   layers=layers, scale=entry.scale, op=entry.op,
-                                   positions=entry.positions))
+            wire_entry = steer_entry(entry.vector, stored.sha256, str(stored.path), layers,
+                                     entry.scale, entry.op, entry.positions)
+            keys.add(wire_entry.key)
+            steer.append(wire_entry)
         wire = WireSpec(rid=uuid.uuid4().hex, steer=steer)
         return ResolvedControl(wire, {"steer": applied} if applied else {}, keys)
 

@@ -46,3 +46,10 @@ def decode(text: str) -> WireSpec:
 
 def slot_key(name: str, sha256: str, layers: list[int]) -> str:
     return f"{name}@{sha256[:16]}:{','.join(map(str, layers))}"
+
+
+def steer_entry(name: str, sha256: str, path: str, layers: list[int], scale: float,
+                op: str = "add", positions: str = "all") -> WireSteer:
+    """The wire form of one steering entry for the vector `name` at `path`."""
+    return WireSteer(key=slot_key(name, sha256, layers), path=str(path), sha256=sha256,
+                     layers=list(layers), scale=scale, op=op, positions=positions)

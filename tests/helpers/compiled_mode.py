@@ -20,7 +20,7 @@ if __name__ == "__main__":
     from vsteer.artifacts import ArtifactStore
     from vsteer.engine_config import vsteer_additional_config
     from vsteer.plugins import entry
-    from vsteer.wire import WireSpec, WireSteer, encode, slot_key
+    from vsteer.wire import WireSpec, encode, steer_entry
 
     stored = ArtifactStore(args["artifacts"]).get_vector(args["vector"])
     layers = stored.vector.layers
@@ -28,9 +28,7 @@ if __name__ == "__main__":
     def params(scale):
         extra = None
         if scale is not None:
-            steer = WireSteer(key=slot_key(args["vector"], stored.sha256, layers),
-                              path=str(stored.path), sha256=stored.sha256, layers=layers,
-                              scale=scale, op="add", positions="all")
+            steer = steer_entry(args["vector"], stored.sha256, str(stored.path), layers, scale)
             extra = {"vsteer": encode(WireSpec(rid=f"s{scale}", steer=[steer]))}
         return SamplingParams(temperature=0.0, max_tokens=args["max_tokens"], ignore_eos=True,
                               extra_args=extra)
