@@ -17,6 +17,7 @@ summed before being added (fp32 associativity, well inside the bf16 tolerance).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -37,6 +38,13 @@ class _State:
     token_delta: torch.Tensor | None = None  # [L, n, H] this step's per-token deltas
     ready: set[int] = field(default_factory=set)  # rows with a valid delta
     non_add: set[int] = field(default_factory=set)  # rows that need the reference
+
+
+_seconds = [0.0]  # time spent inside steer_apply_cpu (this process), for metrics
+
+
+def kernel_seconds() -> float:
+    return _seconds[0]
 
 
 _states: dict[tuple[int, int, int], _State] = {}  # (token_row, row_slot, vectors) addresses
@@ -100,6 +108,16 @@ def steer_apply_cpu(
     active, serial, epoch = step.tolist()
     if active == 0:
         return
+    t0 = time.perf_counter()
+    try:
+        _apply(hidden, residual, token_row, row_slot, row_scale, row_op, vectors, inv_norms,
+               step, layer, serial, epoch)
+    finally:
+        _seconds[0] += time.perf_counter() - t0
+
+
+def _apply(hidden, residual, token_row, row_slot, row_scale, row_op, vectors, inv_norms, step,
+           layer, serial, epoch) -> None:
     key = (token_row.data_ptr(), row_slot.data_ptr(), vectors.data_ptr())
     st = _states.get(key)
     if st is None:

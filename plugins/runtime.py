@@ -15,6 +15,7 @@ import torch
 import vsteer.kernels  # noqa: F401  (registers torch.ops.vsteer.*)
 from vsteer.artifacts import ArtifactError, ModelFingerprint, SteeringVector
 from vsteer.kernels.dispatch import OPS, backend, steer_backend
+from vsteer.kernels.steer_cpu import kernel_seconds
 from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.capture import CaptureCollector
 from vsteer.plugins.channel import WorkerChannel
@@ -123,7 +124,9 @@ class ControlRuntime:
         pinned = self._pinned()
         self.channel.send({
             "type": "stats", "rank": self.shape.tp_rank, "steps": self.steps,
-            "steered_tokens": self.steered_tokens, "control_seconds": self.control_seconds,
+            "steered_tokens": self.steered_tokens,
+            # host time: step planning + the CPU kernel (GPU kernels run asynchronously)
+            "control_seconds": self.control_seconds + kernel_seconds(),
             "slots_in_use": self.slots.in_use(pinned), "slots_total": self.slots.num_slots,
             "backend": self.backend, "backends": self.backends,
             "dropped": self.channel.dropped,

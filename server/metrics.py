@@ -31,8 +31,8 @@ class WorkerStatsCollector(Collector):
         s = self._stats() or {}
         yield CounterMetricFamily("vsteer_steered_tokens", "Tokens that passed through a "
                                   "steering op", value=float(s.get("steered_tokens", 0)))
-        yield CounterMetricFamily("vsteer_control_seconds", "Host time spent planning and "
-                                  "running controls in the worker",
+        yield CounterMetricFamily("vsteer_control_seconds", "Host time the worker spent on "
+                                  "controls: step planning plus CPU kernels",
                                   value=float(s.get("control_seconds", 0.0)))
         yield CounterMetricFamily("vsteer_worker_steps", "Forward steps seen by the runtime",
                                   value=float(s.get("steps", 0)))

@@ -245,3 +245,15 @@ def test_cpu_kernel_regathers_when_the_batch_order_changes_under_the_same_epoch(
         steer_apply_reference(ref, r, tr, *tabs, step(n), 1)
         steer_apply_cpu(got, r, tr, *tabs, torch.tensor([n, next(_serial), epoch]), 1)
         torch.testing.assert_close(got, ref)
+
+
+def test_cpu_kernel_counts_its_own_time_only_when_it_works():
+    from vsteer.kernels.steer_cpu import kernel_seconds
+
+    h, r = torch.randn(2, H), torch.randn(2, H)
+    tabs = tables([[(1, 1.0, OP_ADD)]])
+    before = kernel_seconds()
+    steer_apply_cpu(h, r, torch.zeros(2, dtype=torch.int32), *tabs, step(0), 1)
+    assert kernel_seconds() == before  # idle steps cost nothing to account
+    steer_apply_cpu(h, r, torch.zeros(2, dtype=torch.int32), *tabs, step(2), 1)
+    assert kernel_seconds() > before
