@@ -156,8 +156,11 @@ class ControlledServing:
 
     async def _stream(self, chunks: AsyncIterator[str], resolved: ResolvedControl,
                       wants_usage: bool, release: Callable[[], None]) -> AsyncIterator[str]:
-        """Pass SSE chunks through; the last data chunk before [DONE] carries `control`."""
-        held: dict[str, Any] | None = None
+        """Pass token chunks through as they come; `control` rides on the final chunk:
+        the usage chunk if the client asked for usage, else one more chunk with empty
+        `choices` just before [DONE]. Nothing is held back, so no token is delayed."""
+        last: dict[str, Any] | None = None
+        usage_chunk: dict[str, Any] | None = None
         try:
             async for line in chunks:
                 if not line.startswith("data: "):
@@ -167,16 +170,19 @@ class ControlledServing:
                 if payload == "[DONE]":
                     break
                 data = json.loads(payload)
+                last = data
                 if data.get("usage") and not data.get("choices"):
                     self._count_usage(data["usage"])
-                    if not wants_usage:
-                        continue  # usage-only chunk the client did not ask for
-                if held is not None:
-                    yield f"data: {json.dumps(held)}\n\n"
-                held = data
-            if held is not None:
-                held["control"] = self._report(resolved)
-                yield f"data: {json.dumps(held)}\n\n"
+                    if wants_usage:
+                        usage_chunk = data  # sent last, with `control`
+                    continue
+                yield line
+            if last is not None:
+                final = usage_chunk or {k: last[k] for k in ("id", "object", "created", "model")
+                                        if k in last}
+                final.setdefault("choices", [])
+                final["control"] = self._report(resolved)
+                yield f"data: {json.dumps(final)}\n\n"
             yield "data: [DONE]\n\n"
         finally:
             release()
