@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, KeysView
 from dataclasses import dataclass
 from importlib import import_module, metadata
 from typing import Any
@@ -164,8 +164,9 @@ def request_extra_args(runner: Any, req_id: str) -> tuple[dict | None, int]:
     return (params.extra_args if params is not None else None), state.num_prompt_tokens
 
 
-def live_request_ids(runner: Any) -> set[str]:
-    return set(runner.requests)
+def live_request_ids(runner: Any) -> KeysView[str]:
+    """Ids of the requests the runner holds (a live view: no copy per step)."""
+    return runner.requests.keys()
 
 
 @dataclass(frozen=True)
