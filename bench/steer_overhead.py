@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -25,23 +24,6 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
-
-
-def device_name() -> str:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name()
-    except ImportError:
-        pass
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return f"cpu: {line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def main() -> None:
@@ -57,7 +39,9 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
 
+    import torch
     from random_vectors import random_steer_specs
+    from timing import device_name
     from vllm import LLM, SamplingParams
 
     from vsteer.engine_config import vsteer_additional_config
@@ -99,7 +83,8 @@ def main() -> None:
             ratios.setdefault((b, f), []).append(t / got[(b, 0.0)][0])
 
     mode = "eager" if args.enforce_eager else "compiled"
-    print(f"\nsteer_overhead on {device_name()}, vLLM {mode}, {args.dtype}, "
+    device = device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    print(f"\nsteer_overhead on {device}, vLLM {mode}, {args.dtype}, "
           f"{args.max_tokens} tokens/request, {args.repeats} repeats, backend {rt.backend}")
     print("| batch | steered | tok/s (median) | ratio to unsteered (median of paired) | "
           "IQR of paired ratios | host planning share |")
@@ -118,7 +103,7 @@ def main() -> None:
                   f"{q1:.3f}–{q3:.3f} | {row['host_planning_share'] * 100:.2f}% |")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"device": device_name(), "mode": mode, "rows": rows}, fh, indent=2)
+            json.dump({"device": device, "mode": mode, "rows": rows}, fh, indent=2)
 
 
 if __name__ == "__main__":

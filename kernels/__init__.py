@@ -2,6 +2,3 @@
 torch.ops.vsteer.steer_apply, .probe_score and .exit_confidence."""
 
 from vsteer.kernels import exit_op, probe_op, steer_op  # noqa: F401  (registration)
-from vsteer.kernels.steer_reference import OP_CODES, steer_apply_reference
-
-__all__ = ["OP_CODES", "steer_apply_reference"]

@@ -22,7 +22,7 @@ _STAMPS = itertools.count(time.time_ns())
 
 class TokenPlan:
     def __init__(self, max_tokens: int, max_rows: int, k: int, device: torch.device) -> None:
-        self.max_tokens, self.max_rows, self.k = max_tokens, max_rows, k
+        self.max_tokens, self.max_rows = max_tokens, max_rows
         self.token_row = HostDeviceBuffer(torch.full((max_tokens,), -1, dtype=torch.int32),
                                           device)  # [T_max]
         self.row_slot = HostDeviceBuffer(torch.zeros(max_rows, k, dtype=torch.int32),
