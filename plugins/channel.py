@@ -65,6 +65,7 @@ class ChannelListener:
         self.hello: dict[int, dict[str, Any]] = {}
         self.errors: OrderedDict[str, list[str]] = OrderedDict()
         self.captures: dict[str, dict[str, Any]] = {}
+        self.decisions: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._max_errors = max_errors
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -98,6 +99,10 @@ class ChannelListener:
                     self.errors.popitem(last=False)
             elif kind == "capture":
                 self.captures[msg["rid"]] = msg
+            elif kind == "decision":
+                self.decisions[msg["rid"]] = msg
+                while len(self.decisions) > self._max_errors:
+                    self.decisions.popitem(last=False)
             self._cond.notify_all()
 
     def wait_ready(self, timeout: float) -> dict[str, Any]:
@@ -111,6 +116,19 @@ class ChannelListener:
     def pop_errors(self, rid: str) -> list[str]:
         with self._cond:
             return self.errors.pop(rid, [])
+
+    def wait_decision(self, rid: str, timeout: float) -> dict[str, Any] | None:
+        """The in-prefill decision of request `rid` (None if none arrives in time). The
+        worker sends it right after the prefill step, before the reply can be complete,
+        so a wait here is rare and short."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while rid not in self.decisions:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+            return self.decisions.pop(rid)
 
     def wait_captures(self, rids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
         deadline = time.monotonic() + timeout

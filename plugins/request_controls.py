@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vsteer.kernels.steer_reference import OP_CODES
+from vsteer.plugins.decision import Decision
 from vsteer.wire import WireSpec
 
 Entry = tuple[int, float, int]  # (slot, scale, op code)
@@ -19,6 +20,7 @@ class RequestControls:
     generated_entries: list[Entry] = field(default_factory=list)
     prompt_row: int = -1  # rows in the token plan, allocated when first needed
     generated_row: int = -1
+    decision: Decision | None = None  # guard / controller, decided in prefill
 
     def add_entry(self, key: str, slot: int, scale: float, op: str, positions: str) -> None:
         entry = (slot, scale, OP_CODES[op])

@@ -13,16 +13,18 @@ import numpy as np
 import torch
 
 import vsteer.kernels  # noqa: F401  (registers torch.ops.vsteer.*)
-from vsteer.artifacts import ArtifactError, ModelFingerprint, SteeringVector
+from vsteer.artifacts import ArtifactError, ModelFingerprint, RefusalDirection, SteeringVector
+from vsteer.kernels.decide_op import register_decider
 from vsteer.kernels.dispatch import OPS, backend, steer_backend
 from vsteer.kernels.steer_cpu import kernel_seconds
 from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.capture import CaptureCollector
 from vsteer.plugins.channel import WorkerChannel
+from vsteer.plugins.decision import apply_decision, decide, load_decision
 from vsteer.plugins.request_controls import RequestControls
 from vsteer.plugins.slot_table import SlotTable
 from vsteer.plugins.token_plan import TokenPlan
-from vsteer.wire import EXTRA_ARGS_KEY, MAX_STEER_ENTRIES, WireSteer, decode
+from vsteer.wire import EXTRA_ARGS_KEY, MAX_STEER_ENTRIES, WireDecide, decode
 
 log = logging.getLogger("vsteer.runtime")
 STATS_INTERVAL_S = 0.5
@@ -46,6 +48,10 @@ class ControlRuntime:
                 raise RuntimeError("vsteer hidden-state capture needs enforce_eager=True")
             self.capture = CaptureCollector(channel, shape.hidden_size)
         self.requests: dict[str, RequestControls | None] = {}
+        # decisions due in this step, by layer: (token index of the last prompt token, rc)
+        self.pending: dict[int, list[tuple[int, RequestControls]]] = {}
+        self.decided: list[RequestControls] = []
+        self._decide_handle = register_decider(self._decide)
         self.steered_tokens = 0
         self.control_seconds = 0.0
         self.steps = 0
@@ -78,8 +84,31 @@ class ControlRuntime:
                 plan.row_scale.device, plan.row_op.device, self.slots.vectors,
                 self.slots.inv_norms, plan.step, layer,
             )
+        if self.eager:
+            if self.pending and layer in self.pending:
+                self._decide(layer, hidden, residual)
+        else:
+            torch.ops.vsteer.decide(self.slots.vectors, self.slots.inv_norms, plan.step,
+                                    hidden, residual, layer, self._decide_handle)
         if self.capture is not None:
             self.capture.on_layer(layer, hidden, residual)
+
+    def _decide(self, layer: int, hidden: torch.Tensor, residual: torch.Tensor | None) -> None:
+        due = self.pending.pop(layer, None)
+        if not due:
+            return
+        fired = False
+        for t, rc in due:
+            x = hidden[t].float()  # [H]
+            if residual is not None:
+                x = x + residual[t].float()
+            coeff = decide(rc.decision, x)
+            if coeff:
+                apply_decision(rc.decision, coeff, self.slots.vectors, self.slots.inv_norms)
+                fired = True
+            self.decided.append(rc)
+        if fired:
+            self.plan.invalidate()
 
     # -- per step (host side, before and after the forward) ----------------------------
     def before_forward(self, runner, num_tokens: int) -> None:
@@ -103,6 +132,11 @@ class ControlRuntime:
                 if rc.generated_row < 0:
                     rc.generated_row = self._alloc_row(rc.generated_entries, view.req_ids)
                 plan.assign(split, b, rc.generated_row)
+            d = rc.decision
+            if d is not None and not d.done:
+                last = rc.num_prompt_tokens - 1  # decide on the last prompt token
+                if p <= last < p + (b - a):
+                    self.pending.setdefault(d.wire.layer, []).append((a + last - p, rc))
             if self.capture is not None and rc.spec.capture is not None:
                 self.capture.plan(rc.spec.rid, rc.spec.capture.layers, rc.num_prompt_tokens,
                                   a, split, p)
@@ -115,6 +149,12 @@ class ControlRuntime:
         if self.capture is not None:
             self.capture.finish_step()
         self.plan.reset()
+        self.pending.clear()
+        for rc in self.decided:
+            d = rc.decision
+            self.channel.send({"type": "decision", "rid": rc.spec.rid, "kind": d.wire.kind,
+                               "score": d.score, "fired": d.fired})
+        self.decided.clear()
         now = time.monotonic()
         if now - self._last_stats >= STATS_INTERVAL_S:
             self._last_stats = now
@@ -182,14 +222,49 @@ class ControlRuntime:
                     continue
                 pinned.add(e.key)
                 rc.add_entry(e.key, slot, e.scale, e.op, e.positions)
+            if spec.decide is not None:
+                self._setup_decision(rc, spec.decide, pinned)
         self.requests[rid] = rc
         return rc
 
-    def _load(self, e: WireSteer) -> dict[int, np.ndarray]:
-        data = Path(e.path).read_bytes()
-        if hashlib.sha256(data).hexdigest() != e.sha256:
+    def _setup_decision(self, rc: RequestControls, w: WireDecide, pinned: set[str]) -> None:
+        try:
+            src = self.slots.acquire(w.source_key, lambda: self._load_artifact(
+                w.direction_path, w.direction_sha256, "refusal", w.force_layers), pinned)
+            pinned.add(w.source_key)
+            zeros = np.zeros(self.shape.hidden_size, np.float32)
+            dst = self.slots.acquire(w.target_key, lambda: dict.fromkeys(w.force_layers, zeros),
+                                     pinned)
+            pinned.add(w.target_key)
+            rc.decision = load_decision(w, src, dst, self.shape.device)
+        except (ArtifactError, OSError) as err:
+            msg = f"refusal {w.kind} not applied: {err}"
+            log.error(msg)
+            self.channel.send({"type": "error", "rid": rc.spec.rid, "message": msg})
+            return
+        rc.keys.append(w.source_key)
+        rc.add_entry(w.target_key, dst, 1.0, "add", "all")
+
+    def _load(self, e) -> dict[int, np.ndarray]:
+        return self._load_artifact(e.path, e.sha256, e.part, e.layers)
+
+    def _load_artifact(self, path: str, sha256: str, part: str, layers: list[int]
+                       ) -> dict[int, np.ndarray]:
+        """Slot contents, layer -> [H]: a vector file (part ""), a direction's per-layer
+        refusal tensors ("refusal"), or its layer-l tensor at every layer ("refusal@l")."""
+        data = Path(path).read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha256:
             raise ArtifactError("the file changed after the request was validated")
-        vec = SteeringVector.from_safetensors_bytes(data)
-        if (why := vec.fingerprint.mismatch(self.fingerprint)) is not None:
+        if not part:
+            value = SteeringVector.from_safetensors_bytes(data)
+            src = value.directions
+        else:
+            value = RefusalDirection.from_safetensors_bytes(data)
+            if part == "refusal":
+                src = value.refusal
+            else:
+                fixed = value.refusal[int(part.split("@", 1)[1])]
+                src = dict.fromkeys(range(self.shape.num_layers), fixed)
+        if (why := value.fingerprint.mismatch(self.fingerprint)) is not None:
             raise ArtifactError(why)
-        return {la: vec.directions[la] for la in e.layers if la in vec.directions}
+        return {la: src[la] for la in layers if la in src}

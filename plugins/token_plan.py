@@ -82,6 +82,13 @@ class TokenPlan:
         self.step[2] = self.epoch
         self.token_row.upload(max(self._dirty, num_tokens))
 
+    def invalidate(self) -> None:
+        """Slot contents changed inside this step (a decision fired): new serial and
+        epoch, so kernels drop what they cached for this step and these rows."""
+        self.epoch = next(_STAMPS)
+        self.step[1] = next(_STAMPS)
+        self.step[2] = self.epoch
+
     def reset(self) -> None:
         """Back to idle: every token untouched (what warm-up dummy runs see)."""
         if self._dirty:

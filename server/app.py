@@ -30,6 +30,7 @@ from vsteer.server.admission import SlotAdmission
 from vsteer.server.auth import Auth
 from vsteer.server.control_resolver import ControlResolver
 from vsteer.server.errors import APIError, error_response
+from vsteer.server.policy import PolicyFile
 from vsteer.server.routes_vectors import router as vectors_router
 from vsteer.server.serving import ControlledServing
 
@@ -45,6 +46,7 @@ class ServerConfig:
     admin_key: str | None = None
     max_steer_slots: int = DEFAULT_STEER_SLOTS
     max_abs_scale: float = 64.0
+    policy: Path | None = None
 
 
 @dataclass
@@ -57,6 +59,8 @@ class VsteerState:
 
 
 def create_app(cfg: ServerConfig) -> FastAPI:
+    policy = PolicyFile(cfg.policy) if cfg.policy is not None else None  # bad file: no start
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         listener = ChannelListener(new_channel_address())
@@ -75,7 +79,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 admission = SlotAdmission(cfg.max_steer_slots)
                 resolver = ControlResolver(store, fingerprint, cfg.max_abs_scale)
                 app.state.vsteer = VsteerState(
-                    Auth(cfg.api_keys, cfg.admin_key), store, fingerprint,
+                    Auth(cfg.api_keys, cfg.admin_key, policy), store, fingerprint,
                     ControlledServing(app.state, resolver, admission, listener), engine)
                 unregister = metrics.register_worker_collector(metrics.WorkerStatsCollector(
                     lambda: listener.stats.get(0),
@@ -114,13 +118,13 @@ def create_app(cfg: ServerConfig) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        request.app.state.vsteer.auth.check(request)
-        return await request.app.state.vsteer.serving.chat(request)
+        who = request.app.state.vsteer.auth.check(request)
+        return await request.app.state.vsteer.serving.chat(request, who)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        request.app.state.vsteer.auth.check(request)
-        return await request.app.state.vsteer.serving.completion(request)
+        who = request.app.state.vsteer.auth.check(request)
+        return await request.app.state.vsteer.serving.completion(request, who)
 
     app.include_router(vectors_router)
     return app

@@ -1,12 +1,28 @@
-"""API-key checks (constant time). No keys configured = open server (development)."""
+"""API-key checks (constant time) and who the caller is.
+
+Keys come from `--api-key` (untenanted clients), `--admin-key` (the operator) and the
+policy file's tenants. No keys and no policy = open server (development): every
+caller is treated as the operator.
+"""
 
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 
 from fastapi import Request
 
 from vsteer.server.errors import APIError
+from vsteer.server.policy import PolicyFile, Tenant
+
+
+@dataclass(frozen=True)
+class Principal:
+    admin: bool  # the operator: no tenant limits
+    tenant: Tenant | None  # set when the key belongs to a policy tenant
+
+
+OPERATOR = Principal(admin=True, tenant=None)
 
 
 def _bearer(request: Request) -> str | None:
@@ -26,30 +42,40 @@ def _matches(token: str, keys: list[str]) -> bool:
 
 
 class Auth:
-    def __init__(self, api_keys: list[str], admin_key: str | None) -> None:
+    def __init__(self, api_keys: list[str], admin_key: str | None,
+                 policy: PolicyFile | None = None) -> None:
         self.api_keys = list(api_keys)
         self.admin_key = admin_key
+        self.policy = policy
 
     @property
     def enabled(self) -> bool:
-        return bool(self.api_keys or self.admin_key)
+        return bool(self.api_keys or self.admin_key or self.policy)
 
-    def check(self, request: Request) -> None:
+    def check(self, request: Request) -> Principal:
         if not self.enabled:
-            return
+            return OPERATOR
         token = _bearer(request)
-        keys = self.api_keys + ([self.admin_key] if self.admin_key else [])
-        if token is None or not _matches(token, keys):
-            raise APIError(401, "missing or invalid API key (send 'Authorization: Bearer "
-                           "<key>')", code="invalid_api_key")
+        if token is not None:
+            tenant = self.policy.current().tenant_for(token) if self.policy else None
+            admin = self.admin_key is not None and _matches(token, [self.admin_key])
+            plain = _matches(token, self.api_keys)
+            if admin:
+                return OPERATOR
+            if tenant is not None:
+                return Principal(admin=False, tenant=tenant)
+            if plain:
+                return Principal(admin=False, tenant=None)
+        raise APIError(401, "missing or invalid API key (send 'Authorization: Bearer "
+                       "<key>')", code="invalid_api_key")
 
-    def check_admin(self, request: Request) -> None:
+    def check_admin(self, request: Request) -> Principal:
         if not self.enabled:
-            return
-        self.check(request)
+            return OPERATOR
+        who = self.check(request)
         if self.admin_key is None:
             raise APIError(403, "artifact writes are disabled: the server has API keys but "
                            "no --admin-key")
-        token = _bearer(request) or ""
-        if not _matches(token, [self.admin_key]):
+        if not who.admin:
             raise APIError(403, "artifact writes need the admin key")
+        return who

@@ -19,7 +19,19 @@ class SteerEntry(BaseModel):
     op: Literal["add", "ablate", "add_normalized"] = "add"
 
 
+class RefusalControl(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    mode: Literal["off", "guard", "force", "ablate", "controller"] = "guard"
+    direction: str | None = Field(default=None, min_length=1, max_length=128)
+    controller: str | None = Field(default=None, min_length=1, max_length=128)
+    scale: float | None = None  # force / guard coefficient (default 1)
+    threshold: float | None = None  # guard / controller (default: the calibrated one)
+    layers: list[int] | None = Field(default=None, max_length=512)  # force only
+
+
 class ControlSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steer: list[SteerEntry] = Field(default_factory=list, max_length=MAX_STEER_ENTRIES)
+    refusal: RefusalControl | None = None

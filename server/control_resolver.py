@@ -5,17 +5,18 @@ before anything reaches the engine."""
 from __future__ import annotations
 
 import hashlib
-import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from vsteer.artifacts import ArtifactError, ArtifactStore, ModelFingerprint, check_name
+from vsteer.artifacts import ArtifactStore, ModelFingerprint
+from vsteer.server.auth import OPERATOR, Principal
 from vsteer.server.control_protocol import ControlSpec
 from vsteer.server.errors import APIError, pydantic_errors_to_api_error
-from vsteer.wire import WireSpec, WireSteer, encode, steer_entry
+from vsteer.server.refusal_resolver import check_scale, load_artifact, resolve_refusal
+from vsteer.wire import MAX_STEER_ENTRIES, WireDecide, WireSpec, WireSteer, encode, steer_entry
 
 
 @dataclass
@@ -26,14 +27,19 @@ class ResolvedControl:
 
     @property
     def active(self) -> bool:
-        return bool(self.wire.steer)
+        return bool(self.wire.steer) or self.wire.decide is not None
+
+    @property
+    def decides(self) -> WireDecide | None:
+        return self.wire.decide
 
     def encoded(self) -> str:
         return encode(self.wire)
 
     def cache_salt(self) -> str:
         """Prefix-cache salt: steered KV blocks are never shared with other specs."""
-        body = encode(WireSpec(rid="", steer=self.wire.steer)).encode()
+        # A decision's private slot key names the request: its KV is never shared.
+        body = encode(WireSpec(rid="", steer=self.wire.steer, decide=self.wire.decide)).encode()
         return "vsteer-" + hashlib.sha256(body).hexdigest()[:32]
 
 
@@ -44,50 +50,66 @@ class ControlResolver:
         self.fingerprint = fingerprint
         self.max_abs_scale = max_abs_scale
 
-    def resolve(self, raw: Any) -> ResolvedControl:
+    def resolve(self, raw: Any, who: Principal = OPERATOR) -> ResolvedControl:
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
             raise APIError(400, "control must be a JSON object", param="control")
+        raw = self._apply_tenant_defaults(raw, who)
         try:
             spec = ControlSpec.model_validate(raw)
         except ValidationError as e:
             raise pydantic_errors_to_api_error(e, "control") from None
+        bound = self.max_abs_scale
+        if who.tenant is not None and who.tenant.policy.max_abs_scale is not None:
+            bound = min(bound, who.tenant.policy.max_abs_scale)
+        rid = uuid.uuid4().hex
         steer: list[WireSteer] = []
-        applied: list[dict[str, Any]] = []
-        keys: set[str] = set()
+        applied: dict[str, Any] = {}
+        steer_applied: list[dict[str, Any]] = []
         for i, entry in enumerate(spec.steer):
             param = f"control.steer[{i}]"
-            if not math.isfinite(entry.scale) or abs(entry.scale) > self.max_abs_scale:
-                raise APIError(400, f"{param}.scale must be finite and within "
-                               f"±{self.max_abs_scale:g}", param=f"{param}.scale")
-            stored = self._vector(entry.vector, f"{param}.vector")
-            layers = self._layers(entry.layers, stored.vector.layers, entry.vector, param)
-            applied.append({"vector": entry.vector, "scale": entry.scale, "layers": layers,
-                            "positions": entry.positions, "op": entry.op})
+            check_scale(entry.scale, bound, f"{param}.scale")
+            stored = load_artifact(self.store, self.fingerprint, "vector", entry.vector,
+                                   f"{param}.vector", who)
+            layers = self._layers(entry.layers, stored.value.layers, entry.vector, param)
+            steer_applied.append({"vector": entry.vector, "scale": entry.scale,
+                                  "layers": layers, "positions": entry.positions,
+                                  "op": entry.op})
             if entry.scale == 0.0:
                 continue  # scale 0 is no steering, bit for bit: nothing reaches the kernel
-            wire_entry = steer_entry(entry.vector, stored.sha256, str(stored.path), layers,
-                                     entry.scale, entry.op, entry.positions)
-            keys.add(wire_entry.key)
-            steer.append(wire_entry)
-        wire = WireSpec(rid=uuid.uuid4().hex, steer=steer)
-        return ResolvedControl(wire, {"steer": applied} if applied else {}, keys)
+            steer.append(steer_entry(entry.vector, stored.sha256, str(stored.path), layers,
+                                     entry.scale, entry.op, entry.positions))
+        if steer_applied:
+            applied["steer"] = steer_applied
+        decide = None
+        if spec.refusal is not None:
+            ref = resolve_refusal(spec.refusal, rid, self.store, self.fingerprint, who, bound)
+            steer += ref.steer
+            decide = ref.decide
+            applied["refusal"] = ref.applied
+        if len(steer) + (decide is not None) > MAX_STEER_ENTRIES:
+            raise APIError(400, f"control uses more than {MAX_STEER_ENTRIES} steering entries "
+                           "(steer entries plus one for refusal)", param="control")
+        keys = {e.key for e in steer}
+        if decide is not None:
+            keys |= {decide.source_key, decide.target_key}
+        return ResolvedControl(WireSpec(rid=rid, steer=steer, decide=decide), applied, keys)
 
-    def _vector(self, name: str, param: str):
-        try:
-            check_name(name)
-            stored = self.store.get_vector(name)
-        except KeyError:
-            raise APIError(400, f"unknown steering vector {name!r}", param=param,
-                           code="unknown_vector") from None
-        except ArtifactError as e:
-            raise APIError(400, f"steering vector {name!r} is unusable: {e}",
-                           param=param) from None
-        if (why := stored.vector.fingerprint.mismatch(self.fingerprint)) is not None:
-            raise APIError(400, f"steering vector {name!r} was {why}", param=param,
-                           code="wrong_model")
-        return stored
+    @staticmethod
+    def _apply_tenant_defaults(raw: dict[str, Any], who: Principal) -> dict[str, Any]:
+        """Tenant defaults fill what the request leaves out; a locked part must not be
+        changed (403)."""
+        if who.tenant is None:
+            return raw
+        pol = who.tenant.policy
+        for part in pol.locked:
+            if part in raw and _normalized(part, raw[part]) != _normalized(
+                    part, pol.default_control[part]):
+                raise APIError(403, f"control.{part} is locked by the operator for tenant "
+                               f"{who.tenant.name!r} (fixed to {pol.default_control[part]})",
+                               param=f"control.{part}", code="control_locked")
+        return {**pol.default_control, **raw}
 
     def _layers(self, requested: list[int] | None, own: list[int], name: str,
                 param: str) -> list[int]:
@@ -102,3 +124,11 @@ class ControlResolver:
                 raise APIError(400, f"{param}.layers: vector {name!r} has no direction at "
                                f"layer {la} (it has {own})", param=f"{param}.layers")
         return sorted(set(requested))
+
+
+def _normalized(part: str, value: Any) -> Any:
+    """A control part as the server reads it (defaults filled in), for comparison."""
+    try:
+        return ControlSpec.model_validate({part: value}).model_dump()[part]
+    except ValidationError:
+        return value

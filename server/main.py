@@ -18,6 +18,8 @@ OUR_OPTIONS = """vsteer options:
   --admin-key KEY        key for artifact writes
   --max-steer-slots N    device slots for distinct steering vectors (default 32)
   --max-abs-scale F      largest |scale| a request may use (default 64)
+  --policy FILE          operator policy (YAML): tenants, keys, allowed artifacts,
+                         bounds, locked guards; re-read when the file changes
 Any other option goes to vLLM (e.g. --dtype, --max-model-len, --enforce-eager,
 --tensor-parallel-size); see `python -m vllm.entrypoints.openai.api_server --help`."""
 
@@ -32,6 +34,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--admin-key", default=None)
     p.add_argument("--max-steer-slots", type=int, default=DEFAULT_STEER_SLOTS)
     p.add_argument("--max-abs-scale", type=float, default=64.0)
+    p.add_argument("--policy", type=Path, default=None)
     p.add_argument("-h", "--help", action="store_true")
     return p.parse_known_args(argv)
 
@@ -52,6 +55,7 @@ def build_config(argv: list[str]):
         artifacts=ours.artifacts or vsteer_home() / "artifacts",
         api_keys=ours.api_key, admin_key=ours.admin_key,
         max_steer_slots=ours.max_steer_slots, max_abs_scale=ours.max_abs_scale,
+        policy=ours.policy,
     )
 
 

@@ -14,6 +14,12 @@ REQUESTS = Counter("vsteer_requests", "HTTP requests by endpoint and status",
 TOKENS = Counter("vsteer_tokens", "Tokens served, by kind", ["kind"])
 CONTROLLED_REQUESTS = Counter("vsteer_controlled_requests",
                               "Requests that carried at least one active control", ["control"])
+REFUSAL_DECISIONS = Counter("vsteer_refusal_decisions", "Refusal controls applied, by mode "
+                            "and whether they fired", ["mode", "triggered"])
+REFUSAL_SCORE = Histogram("vsteer_refusal_score", "Score of in-prefill refusal decisions "
+                          "(guard: cosine with the condition; controller: gate probability)",
+                          ["mode"], buckets=(-0.2, -0.1, 0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5,
+                                             0.7, 0.9, 1.0))
 ADMISSION_WAIT = Histogram("vsteer_slot_admission_wait_seconds",
                            "Time a request waited for free steering slots",
                            buckets=(0.001, 0.01, 0.1, 0.5, 1, 5, 30, 120))

@@ -1,4 +1,6 @@
-"""`/v1/control/vectors`: list, inspect, upload (JSON or safetensors) and delete."""
+"""`/v1/control/vectors`: list, inspect, upload (JSON or safetensors) and delete;
+`/v1/control/directions` and `/v1/control/controllers`: list (refusal artifacts are
+made offline with `vsteer refusal ...` into the shared artifact directory)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vsteer.artifacts import ArtifactError, SteeringVector, check_name
+from vsteer.server.auth import Principal
 from vsteer.server.errors import APIError, pydantic_errors_to_api_error
 from vsteer.server.serving import read_json_object
 
@@ -25,6 +28,15 @@ class VectorUpload(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+def visible_names(store, kind: str, who: Principal, names: list[str] | None = None
+                  ) -> list[str]:
+    """Artifact names the caller may see: a tenant only those its policy allows."""
+    names = store.names(kind) if names is None else names
+    if who.tenant is None:
+        return names
+    return [n for n in names if who.tenant.policy.may_use(n)]
+
+
 def _ctx(request: Request):
     return request.app.state.vsteer
 
@@ -38,9 +50,9 @@ def _info(name: str, vec: SteeringVector, sha256: str) -> dict[str, Any]:
 @router.get("/v1/control/vectors")
 async def list_vectors(request: Request) -> JSONResponse:
     ctx = _ctx(request)
-    ctx.auth.check(request)
+    who = ctx.auth.check(request)
     data = []
-    for name in ctx.store.names("vector"):
+    for name in visible_names(ctx.store, "vector", who):
         try:
             s = ctx.store.get_vector(name)
         except (KeyError, ArtifactError):
@@ -52,7 +64,9 @@ async def list_vectors(request: Request) -> JSONResponse:
 @router.get("/v1/control/vectors/{name}")
 async def get_vector(name: str, request: Request) -> JSONResponse:
     ctx = _ctx(request)
-    ctx.auth.check(request)
+    who = ctx.auth.check(request)
+    if name not in visible_names(ctx.store, "vector", who, [name]):
+        raise APIError(404, f"no steering vector named {name!r}")
     s = _load(ctx, name)
     return JSONResponse(_info(name, s.vector, s.sha256))
 
@@ -114,3 +128,40 @@ def _load(ctx, name: str):
         raise APIError(404, f"no steering vector named {name!r}") from None
     except ArtifactError as e:
         raise APIError(400, f"vector {name!r} is unusable: {e}") from None
+
+
+def _summary(kind: str, name: str, stored) -> dict[str, Any]:
+    v = stored.value
+    out = {"id": name, "object": kind, "sha256": stored.sha256, "created": v.created,
+           "fingerprint": v.fingerprint.to_dict()}
+    if kind == "direction":
+        cal = v.calibration
+        out.update({"layer": v.layer, "calibrated": cal is not None,
+                    "condition_layer": cal.condition_layer if cal else None,
+                    "threshold": cal.threshold if cal else None})
+    else:
+        out.update({"direction": v.direction, "input_layer": v.input_layer,
+                    "threshold": v.threshold})
+    return out
+
+
+@router.get("/v1/control/directions")
+async def list_directions(request: Request) -> JSONResponse:
+    return _list_kind(request, "direction")
+
+
+@router.get("/v1/control/controllers")
+async def list_controllers(request: Request) -> JSONResponse:
+    return _list_kind(request, "controller")
+
+
+def _list_kind(request: Request, kind: str) -> JSONResponse:
+    ctx = _ctx(request)
+    who = ctx.auth.check(request)
+    data = []
+    for name in visible_names(ctx.store, kind, who):
+        try:
+            data.append(_summary(kind, name, ctx.store.get(kind, name)))
+        except (KeyError, ArtifactError):
+            continue
+    return JSONResponse({"object": "list", "data": data})

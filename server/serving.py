@@ -17,11 +17,13 @@ from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.channel import ChannelListener
 from vsteer.server import metrics
 from vsteer.server.admission import SlotAdmission
+from vsteer.server.auth import OPERATOR, Principal
 from vsteer.server.control_resolver import ControlResolver, ResolvedControl
 from vsteer.server.errors import APIError, error_response, pydantic_errors_to_api_error
 from vsteer.wire import EXTRA_ARGS_KEY
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+DECISION_WAIT_S = 2.0
 
 
 async def read_json_object(raw: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
@@ -47,19 +49,19 @@ class ControlledServing:
         self.chat_cls, self.completion_cls = compat.openai_request_classes()
         self.error_cls = compat.error_response_class()
 
-    async def chat(self, raw: Request) -> Response:
+    async def chat(self, raw: Request, who: Principal = OPERATOR) -> Response:
         return await self._serve(raw, self.chat_cls,
-                                 self.state.openai_serving_chat.create_chat_completion)
+                                 self.state.openai_serving_chat.create_chat_completion, who)
 
-    async def completion(self, raw: Request) -> Response:
+    async def completion(self, raw: Request, who: Principal = OPERATOR) -> Response:
         return await self._serve(raw, self.completion_cls,
-                                 self.state.openai_serving_completion.create_completion)
+                                 self.state.openai_serving_completion.create_completion, who)
 
-    async def _serve(self, raw: Request, req_cls: type,
-                     handler: Callable[..., Any]) -> Response:
+    async def _serve(self, raw: Request, req_cls: type, handler: Callable[..., Any],
+                     who: Principal) -> Response:
         try:
             body = await read_json_object(raw)
-            resolved = self.resolver.resolve(body.pop("control", None))
+            resolved = self.resolver.resolve(body.pop("control", None), who)
             wants_usage = self._force_stream_usage(body)
             request = self._vllm_request(req_cls, body, resolved)
         except APIError as e:
@@ -87,15 +89,17 @@ class ControlledServing:
         except BaseException:
             release()
             raise
-        if resolved.active:
+        if resolved.wire.steer:
             metrics.CONTROLLED_REQUESTS.labels("steer").inc()
+        if "refusal" in resolved.applied:
+            metrics.CONTROLLED_REQUESTS.labels("refusal").inc()
         if isinstance(result, self.error_cls):
             release()
             return error_response(result.error.code, result.error.message, result.error.param)
         if not hasattr(result, "__aiter__"):
             release()
             data = result.model_dump()
-            data["control"] = self._report(resolved)
+            data["control"] = await self._report(resolved)
             self._count_usage(data.get("usage"))
             return JSONResponse(data)
         return StreamingResponse(self._stream(result, resolved, wants_usage, release),
@@ -142,12 +146,32 @@ class ControlledServing:
         work.cancel()
         raise asyncio.CancelledError("client disconnected")
 
-    def _report(self, resolved: ResolvedControl) -> dict[str, Any]:
+    async def _report(self, resolved: ResolvedControl) -> dict[str, Any]:
         report = dict(resolved.applied)
+        if "refusal" in report:
+            report["refusal"] = await self._refusal_report(resolved)
         errors = self.listener.pop_errors(resolved.wire.rid) if resolved.active else []
         if errors:
             report["errors"] = errors
         return report
+
+    async def _refusal_report(self, resolved: ResolvedControl) -> dict[str, Any]:
+        """{mode, triggered, score, threshold, artifact, ...}: force and ablate always
+        apply; guard and controller report the worker's in-prefill decision."""
+        rep = {"triggered": None, "score": None, "threshold": None, "artifact": None,
+               **resolved.applied["refusal"]}
+        mode = rep["mode"]
+        if mode in ("force", "ablate"):
+            rep["triggered"] = True
+        elif resolved.decides is not None:
+            msg = await asyncio.to_thread(self.listener.wait_decision, resolved.wire.rid,
+                                          DECISION_WAIT_S)
+            if msg is not None:
+                rep["triggered"], rep["score"] = bool(msg["fired"]), float(msg["score"])
+                metrics.REFUSAL_SCORE.labels(mode).observe(rep["score"])
+        if mode != "off":
+            metrics.REFUSAL_DECISIONS.labels(mode, str(rep["triggered"]).lower()).inc()
+        return rep
 
     def _count_usage(self, usage: dict[str, Any] | None) -> None:
         if usage:
@@ -181,7 +205,7 @@ class ControlledServing:
                 final = usage_chunk or {k: last[k] for k in ("id", "object", "created", "model")
                                         if k in last}
                 final.setdefault("choices", [])
-                final["control"] = self._report(resolved)
+                final["control"] = await self._report(resolved)
                 yield f"data: {json.dumps(final)}\n\n"
             yield "data: [DONE]\n\n"
         finally:

@@ -133,8 +133,61 @@ class ServerProcess:
         return total
 
 
+TENANT_KEY = "tenant-acme-key"  # tenant "acme" in the session server's policy
+POLICY = {
+    "tenants": {
+        "acme": {
+            "keys": [TENANT_KEY],
+            "artifacts": ["joyful", "refusal*"],
+            "max_abs_scale": 2.0,
+            "default_control": {"refusal": {"mode": "guard", "direction": "refusal"}},
+            "locked": ["refusal"],
+        },
+    },
+}
+
+
+def small_prompt_set(tmp: Path, kind: str, n: int = 16) -> Path:
+    from vsteer.refusal.data import default_set
+
+    lines = default_set(kind, "train").read_text().splitlines()[:n]
+    path = tmp / f"{kind}.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @pytest.fixture(scope="session")
-def server(model_dir, artifacts, demo_vector, random_vectors, tmp_path_factory):
+def refusal_artifacts(model_dir, artifacts, tmp_path_factory) -> dict:
+    """A direction `refusal` (force layer 11, calibrated) and a controller `refusal-ctrl`,
+    made by the real CLI on 16 + 16 training prompts (small, so the session stays fast)."""
+    tmp = tmp_path_factory.mktemp("refusal-data")
+    sets = ["--harmful", str(small_prompt_set(tmp, "harmful")),
+            "--harmless", str(small_prompt_set(tmp, "harmless"))]
+    common = ["--model", str(model_dir), "--artifacts", str(artifacts), *sets]
+    out = {}
+    for cmd in (["extract", "--name", "refusal", "--layers", "11", "--behaviour-prompts", "8"],
+                ["calibrate", "--direction", "refusal", "--max-fpr", "0.5"],
+                ["train-controller", "--direction", "refusal", "--name", "refusal-ctrl",
+                 "--epochs", "1"]):
+        proc = subprocess.run([sys.executable, "-m", "vsteer.cli", "refusal", *cmd, *common],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        out[cmd[0]] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+@pytest.fixture(scope="session")
+def policy_file(tmp_path_factory) -> Path:
+    import yaml
+
+    path = tmp_path_factory.mktemp("policy") / "policy.yaml"
+    path.write_text(yaml.safe_dump(POLICY))
+    return path
+
+
+@pytest.fixture(scope="session")
+def server(model_dir, artifacts, demo_vector, random_vectors, refusal_artifacts, policy_file,
+           tmp_path_factory):
     """`vsteer serve` as a real separate process (its engine core runs in another)."""
     import httpx
 
@@ -143,7 +196,8 @@ def server(model_dir, artifacts, demo_vector, random_vectors, tmp_path_factory):
     cmd = [sys.executable, "-m", "vsteer.cli", "serve", "--model", str(model_dir),
            "--artifacts", str(artifacts), "--port", str(port), "--api-key", API_KEY,
            "--admin-key", ADMIN_KEY, "--max-steer-slots", str(SERVER_SLOTS),
-           "--enforce-eager", "--dtype", ENGINE_DTYPE, "--max-model-len", "1024"]
+           "--enforce-eager", "--dtype", ENGINE_DTYPE, "--max-model-len", "1024",
+           "--policy", str(policy_file)]
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
     srv = ServerProcess(port, log, proc)

@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from vsteer.refusal.cli import add_refusal_commands, add_refusal_eval
     from vsteer.vector_cli import add_vector_commands
 
     p = argparse.ArgumentParser(prog="vsteer", description="Inference-time controls for vLLM.")
@@ -31,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
                                "building it offline first if absent")
     default.set_defaults(func=_model_default)
     add_vector_commands(sub)
+    add_refusal_commands(sub)
+    evals = sub.add_parser("eval", help="evaluate controls").add_subparsers(metavar="WHAT")
+    add_refusal_eval(evals)
     return p
 
 

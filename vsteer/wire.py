@@ -20,6 +20,25 @@ class WireSteer(msgspec.Struct, frozen=True):
     scale: float
     op: str  # add | ablate | add_normalized
     positions: str  # all | prompt | generated
+    # "" = a steering vector file; "refusal" = a direction's per-layer refusal tensors;
+    # "refusal@<l>" = its layer-l tensor, placed at every layer in `layers`.
+    part: str = ""
+
+
+class WireDecide(msgspec.Struct, frozen=True):
+    """A decision made inside prefill (guard or controller), at the last prompt token."""
+
+    kind: str  # guard | controller
+    layer: int  # decide on the stream after this layer
+    direction_path: str
+    direction_sha256: str
+    force_layers: list[int]  # layers the decision may steer (all after `layer`)
+    source_key: str  # shared slot: the direction's refusal tensors at force_layers
+    target_key: str  # this request's private slot, written by the decision
+    threshold: float
+    scale: float = 1.0  # guard: coefficient of the force when it fires
+    controller_path: str = ""
+    controller_sha256: str = ""
 
 
 class WireCapture(msgspec.Struct, frozen=True):
@@ -30,6 +49,7 @@ class WireSpec(msgspec.Struct, frozen=True):
     rid: str  # correlation id for results sent back to the server
     steer: list[WireSteer] = []
     capture: WireCapture | None = None
+    decide: WireDecide | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -49,7 +69,8 @@ def slot_key(name: str, sha256: str, layers: list[int]) -> str:
 
 
 def steer_entry(name: str, sha256: str, path: str, layers: list[int], scale: float,
-                op: str = "add", positions: str = "all") -> WireSteer:
-    """The wire form of one steering entry for the vector `name` at `path`."""
-    return WireSteer(key=slot_key(name, sha256, layers), path=str(path), sha256=sha256,
-                     layers=list(layers), scale=scale, op=op, positions=positions)
+                op: str = "add", positions: str = "all", part: str = "") -> WireSteer:
+    """The wire form of one steering entry for the artifact `name` at `path`."""
+    key = slot_key(f"{name}#{part}" if part else name, sha256, layers)
+    return WireSteer(key=key, path=str(path), sha256=sha256, layers=list(layers), scale=scale,
+                     op=op, positions=positions, part=part)

@@ -1,12 +1,18 @@
 """Artifacts: value types and the shared on-disk store."""
 
+from vsteer.artifacts.controller import RefusalController
+from vsteer.artifacts.direction import GuardCalibration, RefusalDirection
 from vsteer.artifacts.fingerprint import ModelFingerprint
-from vsteer.artifacts.store import ArtifactStore, StoredVector, check_name
+from vsteer.artifacts.store import ArtifactStore, Stored, StoredVector, check_name
 from vsteer.artifacts.vector import ArtifactError, SteeringVector
 
 __all__ = [
     "ArtifactError",
     "ArtifactStore",
+    "GuardCalibration",
+    "RefusalController",
+    "RefusalDirection",
+    "Stored",
     "ModelFingerprint",
     "SteeringVector",
     "StoredVector",

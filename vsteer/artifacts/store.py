@@ -13,9 +13,13 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from vsteer.artifacts.controller import RefusalController
+from vsteer.artifacts.direction import RefusalDirection
 from vsteer.artifacts.vector import ArtifactError, SteeringVector, read_safetensors_metadata
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -39,10 +43,27 @@ class StoredVector:
     vector: SteeringVector
 
 
+@dataclass(frozen=True)
+class Stored:
+    """Any artifact as loaded from the store: its file, content hash and value."""
+
+    name: str
+    path: Path
+    sha256: str
+    value: Any
+
+
+PARSERS: dict[str, Callable[[bytes], Any]] = {
+    "vector": SteeringVector.from_safetensors_bytes,
+    "direction": RefusalDirection.from_safetensors_bytes,
+    "controller": RefusalController.from_safetensors_bytes,
+}
+
+
 class ArtifactStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self._cache: dict[Path, tuple[tuple[int, int], StoredVector]] = {}
+        self._cache: dict[Path, tuple[tuple[int, int], Stored]] = {}
 
     def path(self, kind: str, name: str) -> Path:
         return self.root / kind / f"{check_name(name)}.safetensors"
@@ -92,7 +113,12 @@ class ArtifactStore:
 
     def get_vector(self, name: str) -> StoredVector:
         """Load and validate a vector; raises KeyError if absent, ArtifactError if bad."""
-        path = self.path("vector", name)
+        s = self.get("vector", name)
+        return StoredVector(s.name, s.path, s.sha256, s.value)
+
+    def get(self, kind: str, name: str) -> Stored:
+        """Load and validate any artifact; KeyError if absent, ArtifactError if bad."""
+        path = self.path(kind, name)
         try:
             st = path.stat()
         except FileNotFoundError:
@@ -102,10 +128,12 @@ class ArtifactStore:
         if hit is not None and hit[0] == key:
             return hit[1]
         data = path.read_bytes()
-        stored = StoredVector(name, path, hashlib.sha256(data).hexdigest(),
-                              SteeringVector.from_safetensors_bytes(data))
+        stored = Stored(name, path, hashlib.sha256(data).hexdigest(), PARSERS[kind](data))
         self._cache[path] = (key, stored)
         return stored
+
+    def save(self, kind: str, name: str, value: Any, overwrite: bool = False) -> Path:
+        return self.write_bytes(kind, name, value.to_safetensors_bytes(), overwrite)
 
     def vector_info(self, name: str) -> dict:
         path = self.path("vector", name)

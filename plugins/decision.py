@@ -1,0 +1,90 @@
+"""Per-request decisions made inside prefill (refusal `guard` and `controller`).
+
+At the decision layer D, on the last prompt token's stream x = hidden + residual:
+    guard:      score = cos(x, condition);  fire = score >= threshold
+                coeff[l] = scale for l in force_layers
+    controller: score, w = controller(x) (see vsteer/artifacts/controller.py)
+                fire = score >= threshold;  coeff[l] = w[l]
+    if fire: vectors[target, l] = coeff[l] * vectors[source, l]   for l in force_layers
+The request's rows hold one `add` entry on its private `target` slot (zeros until
+then), so the force takes effect at layers after D in this very forward pass, for
+every token of the request from then on, and never for other requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vsteer.artifacts import ArtifactError, RefusalController, RefusalDirection
+from vsteer.wire import WireDecide
+
+
+@dataclass
+class Decision:
+    wire: WireDecide
+    source_slot: int
+    target_slot: int
+    condition: torch.Tensor | None = None  # [H] unit, guard
+    controller: dict[str, torch.Tensor] = field(default_factory=dict)  # controller tensors
+    w_max: float = 0.0
+    done: bool = False
+    score: float | None = None
+    fired: bool = False
+
+
+def _read(path: str, sha256: str) -> bytes:
+    data = Path(path).read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ArtifactError(f"{path} changed after the request was validated")
+    return data
+
+
+def load_decision(w: WireDecide, source_slot: int, target_slot: int,
+                  device: torch.device) -> Decision:
+    d = Decision(w, source_slot, target_slot)
+    if w.kind == "guard":
+        direction = RefusalDirection.from_safetensors_bytes(
+            _read(w.direction_path, w.direction_sha256))
+        d.condition = torch.from_numpy(direction.unit_condition(w.layer)).to(device)
+    elif w.kind == "controller":
+        c = RefusalController.from_safetensors_bytes(_read(w.controller_path,
+                                                           w.controller_sha256))
+        d.controller = {k: torch.from_numpy(getattr(c, k)).to(device)
+                        for k in ("w1", "b1", "w2", "b2", "mu", "sigma")}
+        d.w_max = c.w_max
+    else:
+        raise ArtifactError(f"unknown decision kind {w.kind!r}")
+    return d
+
+
+def decide(d: Decision, x: torch.Tensor) -> dict[int, float]:
+    """Score one stream vector x [H] (fp32). Sets d.score / d.fired; returns the force
+    coefficient per layer ({} when the decision does not fire). Runs once per request,
+    on the host (it reads the score back), between two layers of its prefill."""
+    w = d.wire
+    if w.kind == "guard":
+        score = float(torch.dot(x, d.condition) / x.norm().clamp_min(1e-12))
+        coeff = {la: w.scale for la in w.force_layers}
+    else:
+        c = d.controller
+        z = (x - c["mu"]) / c["sigma"]  # [H]
+        o = torch.relu(z @ c["w1"] + c["b1"]) @ c["w2"] + c["b2"]  # [1 + L]
+        score = float(torch.sigmoid(o[0]))
+        weights = (d.w_max * torch.sigmoid(o[1:])).tolist()  # [L]
+        coeff = {la: weights[la] for la in w.force_layers}
+    d.score, d.fired, d.done = score, score >= w.threshold, True
+    return coeff if d.fired else {}
+
+
+def apply_decision(d: Decision, coeff: dict[int, float], vectors: torch.Tensor,
+                   inv_norms: torch.Tensor) -> None:
+    """Write the fired force into the request's private slot (in place)."""
+    for la, c in coeff.items():
+        if c == 0.0:
+            continue
+        vectors[d.target_slot, la] = (vectors[d.source_slot, la].float() * c).to(vectors.dtype)
+        inv_norms[d.target_slot, la] = inv_norms[d.source_slot, la] / abs(c)

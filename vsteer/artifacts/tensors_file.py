@@ -1,0 +1,68 @@
+"""Shared safetensors plumbing for artifacts: parse a blob into (tensors, metadata)
+with clear errors, and read the common metadata fields."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from vsteer.artifacts.fingerprint import ModelFingerprint
+from vsteer.artifacts.vector import ArtifactError, read_safetensors_metadata
+
+
+def load_blob(data: bytes, kind: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    from safetensors.numpy import load
+
+    try:
+        meta = read_safetensors_metadata(data)
+        tensors = load(data)
+    except ArtifactError:
+        raise
+    except Exception as e:  # safetensors raises its own error types
+        raise ArtifactError(f"not a valid safetensors file: {e}") from e
+    if meta.get("kind") != kind:
+        raise ArtifactError(f"artifact kind is {meta.get('kind')!r}, expected {kind!r}")
+    return tensors, meta
+
+
+def save_blob(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> bytes:
+    from safetensors.numpy import save
+
+    return save({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()},
+                metadata=meta)
+
+
+def meta_json(meta: dict[str, str], key: str, default: Any = None) -> Any:
+    try:
+        return json.loads(meta[key]) if key in meta else default
+    except ValueError as e:
+        raise ArtifactError(f"metadata {key!r} is not JSON: {e}") from e
+
+
+def meta_fingerprint(meta: dict[str, str]) -> ModelFingerprint:
+    try:
+        return ModelFingerprint.from_dict(json.loads(meta["fingerprint"]))
+    except (KeyError, ValueError, TypeError) as e:
+        raise ArtifactError(f"bad fingerprint metadata: {e}") from e
+
+
+def per_layer(tensors: dict[str, np.ndarray], prefix: str, fp: ModelFingerprint
+              ) -> dict[int, np.ndarray]:
+    """`{prefix}.{l}` tensors as layer -> [H] float32, checked against the model."""
+    out: dict[int, np.ndarray] = {}
+    for key, arr in tensors.items():
+        if not key.startswith(prefix + "."):
+            continue
+        try:
+            layer = int(key[len(prefix) + 1:])
+        except ValueError:
+            raise ArtifactError(f"unexpected tensor {key!r}") from None
+        v = np.asarray(arr, np.float32).reshape(-1)
+        if not 0 <= layer < fp.num_layers or v.shape != (fp.hidden_size,):
+            raise ArtifactError(f"tensor {key!r} does not fit the model {fp.to_dict()}")
+        if not np.all(np.isfinite(v)):
+            raise ArtifactError(f"tensor {key!r} holds non-finite values")
+        out[layer] = v
+    return out
