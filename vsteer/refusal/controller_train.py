@@ -64,7 +64,8 @@ def train_controller(m: HFModel, fp: ModelFingerprint, direction: RefusalDirecti
                     padding=True, add_special_tokens=False)
         add = w[:, :, None] * refusal[None]  # [B, L, H]
         with m.edited(lambda i, x: x + add[:, i][:, None, :]):
-            logits = m.model(**enc).logits[:, -n_reply - 1:-1]  # [B, n, V]
+            # logits only where the loss reads them (the LM head dominates otherwise)
+            logits = m.model(**enc, logits_to_keep=n_reply + 1).logits[:, :-1]  # [B, n, V]
         target = enc["input_ids"][:, -n_reply:]
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                            target.reshape(-1))
