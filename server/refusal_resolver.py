@@ -24,21 +24,26 @@ class ResolvedRefusal:
     keys: set[str] = field(default_factory=set)
 
 
+LABELS = {"vector": "steering vector", "direction": "refusal direction",
+          "controller": "refusal controller"}
+
+
 def load_artifact(store: ArtifactStore, fp: ModelFingerprint, kind: str, name: str,
                   param: str, who: Principal) -> Stored:
+    label = LABELS[kind]
     if who.tenant is not None and not who.tenant.policy.may_use(name):
-        raise APIError(403, f"{kind} {name!r} is not allowed for tenant {who.tenant.name!r}",
+        raise APIError(403, f"{label} {name!r} is not allowed for tenant {who.tenant.name!r}",
                        param=param, code="artifact_not_allowed")
     try:
         check_name(name)
         stored = store.get(kind, name)
     except KeyError:
-        raise APIError(400, f"unknown {kind} {name!r}", param=param,
+        raise APIError(400, f"unknown {label} {name!r}", param=param,
                        code=f"unknown_{kind}") from None
     except ArtifactError as e:
-        raise APIError(400, f"{kind} {name!r} is unusable: {e}", param=param) from None
+        raise APIError(400, f"{label} {name!r} is unusable: {e}", param=param) from None
     if (why := stored.value.fingerprint.mismatch(fp)) is not None:
-        raise APIError(400, f"{kind} {name!r} was {why}", param=param, code="wrong_model")
+        raise APIError(400, f"{label} {name!r} was {why}", param=param, code="wrong_model")
     return stored
 
 

@@ -212,7 +212,7 @@ def test_bad_refusal_controls_are_400_before_the_engine(server):
     msgs = [{"role": "user", "content": "hi"}]
     cases = [
         ({"mode": "guard"}, "direction is required"),
-        ({"mode": "guard", "direction": "nope"}, "unknown direction"),
+        ({"mode": "guard", "direction": "nope"}, "unknown refusal direction"),
         ({"mode": "controller", "direction": "refusal"}, "controller is required"),
         ({"mode": "controller", "controller": "refusal-ctrl", "direction": "other"},
          "trained with direction"),
