@@ -4,7 +4,8 @@ from vsteer.artifacts.controller import RefusalController
 from vsteer.artifacts.direction import GuardCalibration, RefusalDirection
 from vsteer.artifacts.fingerprint import ModelFingerprint
 from vsteer.artifacts.store import ArtifactStore, Stored, StoredVector, check_name
-from vsteer.artifacts.vector import ArtifactError, SteeringVector
+from vsteer.artifacts.tensors_file import ArtifactError
+from vsteer.artifacts.vector import SteeringVector
 
 __all__ = [
     "ArtifactError",

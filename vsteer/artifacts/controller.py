@@ -20,8 +20,13 @@ from typing import Any
 import numpy as np
 
 from vsteer.artifacts.fingerprint import ModelFingerprint
-from vsteer.artifacts.tensors_file import load_blob, meta_fingerprint, meta_json, save_blob
-from vsteer.artifacts.vector import ArtifactError
+from vsteer.artifacts.tensors_file import (
+    ArtifactError,
+    load_blob,
+    meta_fingerprint,
+    meta_json,
+    save_blob,
+)
 
 KIND = "controller"
 _TENSORS = ("w1", "b1", "w2", "b2", "mu", "sigma")

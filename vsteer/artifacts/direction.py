@@ -22,13 +22,13 @@ import numpy as np
 
 from vsteer.artifacts.fingerprint import ModelFingerprint
 from vsteer.artifacts.tensors_file import (
+    ArtifactError,
     load_blob,
     meta_fingerprint,
     meta_json,
     per_layer,
     save_blob,
 )
-from vsteer.artifacts.vector import ArtifactError
 
 KIND = "direction"
 

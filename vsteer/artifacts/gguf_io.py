@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from vsteer.artifacts.fingerprint import ModelFingerprint
-from vsteer.artifacts.vector import ArtifactError, SteeringVector
+from vsteer.artifacts.tensors_file import ArtifactError
+from vsteer.artifacts.vector import SteeringVector
 
 _ARCH = "controlvector"
 

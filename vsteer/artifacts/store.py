@@ -20,7 +20,8 @@ from typing import Any
 
 from vsteer.artifacts.controller import RefusalController
 from vsteer.artifacts.direction import RefusalDirection
-from vsteer.artifacts.vector import ArtifactError, SteeringVector, read_safetensors_metadata
+from vsteer.artifacts.tensors_file import ArtifactError, read_safetensors_metadata
+from vsteer.artifacts.vector import SteeringVector
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_ARTIFACT_BYTES = 256 * 1024 * 1024

@@ -1,5 +1,5 @@
-"""Shared safetensors plumbing for artifacts: parse a blob into (tensors, metadata)
-with clear errors, and read the common metadata fields."""
+"""Shared safetensors plumbing for every artifact kind: parse a blob into (tensors,
+metadata) with clear errors, write one, and read the common metadata fields."""
 
 from __future__ import annotations
 
@@ -9,7 +9,27 @@ from typing import Any
 import numpy as np
 
 from vsteer.artifacts.fingerprint import ModelFingerprint
-from vsteer.artifacts.vector import ArtifactError, read_safetensors_metadata
+
+
+class ArtifactError(ValueError):
+    """An artifact file or payload is invalid; the message says why."""
+
+
+def read_safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors blob, without parsing tensors."""
+    if len(data) < 8:
+        raise ArtifactError("file too short to be safetensors")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8 or n > 100 * 1024 * 1024:
+        raise ArtifactError("safetensors header length is out of range (truncated file?)")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except ValueError as e:
+        raise ArtifactError(f"safetensors header is not JSON: {e}") from e
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise ArtifactError("safetensors metadata is not an object")
+    return {str(k): str(v) for k, v in meta.items()}
 
 
 def load_blob(data: bytes, kind: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:

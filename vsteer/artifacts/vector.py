@@ -14,12 +14,9 @@ from typing import Any
 import numpy as np
 
 from vsteer.artifacts.fingerprint import ModelFingerprint
+from vsteer.artifacts.tensors_file import ArtifactError, load_blob, save_blob
 
 KIND = "vector"
-
-
-class ArtifactError(ValueError):
-    """An artifact file or payload is invalid; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -78,11 +75,8 @@ class SteeringVector:
 
     # -- safetensors ------------------------------------------------------------------
     def to_safetensors_bytes(self) -> bytes:
-        from safetensors.numpy import save
-
-        tensors = {f"layer.{la}": np.ascontiguousarray(d, np.float32)
-                   for la, d in self.directions.items()}
-        return save(tensors, metadata=self.metadata())
+        return save_blob({f"layer.{la}": d for la, d in self.directions.items()},
+                         self.metadata())
 
     def metadata(self) -> dict[str, str]:
         return {
@@ -96,16 +90,7 @@ class SteeringVector:
 
     @classmethod
     def from_safetensors_bytes(cls, data: bytes) -> SteeringVector:
-        from safetensors.numpy import load
-
-        try:
-            tensors = load(data)
-            meta = read_safetensors_metadata(data)
-        except ArtifactError:
-            raise
-        except Exception as e:  # safetensors raises its own error types
-            raise ArtifactError(f"not a valid safetensors file: {e}") from e
-        return cls.from_parts(tensors, meta)
+        return cls.from_parts(*load_blob(data, KIND))
 
     @classmethod
     def from_parts(cls, tensors: dict[str, np.ndarray], meta: dict[str, str]) -> SteeringVector:
@@ -123,20 +108,3 @@ class SteeringVector:
             raise ArtifactError(f"bad vector metadata: {e}") from e
         return cls(directions, fp, meta.get("method", "unknown"), provenance,
                    meta.get("created", ""))
-
-
-def read_safetensors_metadata(data: bytes) -> dict[str, str]:
-    """The `__metadata__` of a safetensors blob, without parsing tensors."""
-    if len(data) < 8:
-        raise ArtifactError("file too short to be safetensors")
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8 or n > 100 * 1024 * 1024:
-        raise ArtifactError("safetensors header length is out of range (truncated file?)")
-    try:
-        header = json.loads(data[8 : 8 + n])
-    except ValueError as e:
-        raise ArtifactError(f"safetensors header is not JSON: {e}") from e
-    meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict):
-        raise ArtifactError("safetensors metadata is not an object")
-    return {str(k): str(v) for k, v in meta.items()}
