@@ -13,13 +13,16 @@ every token of the request from then on, and never for other requests.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from vsteer.artifacts import ArtifactError, RefusalController, RefusalDirection
+from vsteer.artifacts import (
+    ArtifactError,
+    RefusalController,
+    RefusalDirection,
+    read_verified,
+)
 from vsteer.wire import WireDecide
 
 
@@ -36,22 +39,15 @@ class Decision:
     fired: bool = False
 
 
-def _read(path: str, sha256: str) -> bytes:
-    data = Path(path).read_bytes()
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise ArtifactError(f"{path} changed after the request was validated")
-    return data
-
-
 def load_decision(w: WireDecide, source_slot: int, target_slot: int,
                   device: torch.device) -> Decision:
     d = Decision(w, source_slot, target_slot)
     if w.kind == "guard":
         direction = RefusalDirection.from_safetensors_bytes(
-            _read(w.direction_path, w.direction_sha256))
+            read_verified(w.direction_path, w.direction_sha256))
         d.condition = torch.from_numpy(direction.unit_condition(w.layer)).to(device)
     elif w.kind == "controller":
-        c = RefusalController.from_safetensors_bytes(_read(w.controller_path,
+        c = RefusalController.from_safetensors_bytes(read_verified(w.controller_path,
                                                            w.controller_sha256))
         d.controller = {k: torch.from_numpy(getattr(c, k)).to(device)
                         for k in ("w1", "b1", "w2", "b2", "mu", "sigma")}

@@ -3,17 +3,21 @@ per layer, run the steering op (and capture, for offline tooling)."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 import vsteer.kernels  # noqa: F401  (registers torch.ops.vsteer.*)
-from vsteer.artifacts import ArtifactError, ModelFingerprint, RefusalDirection, SteeringVector
+from vsteer.artifacts import (
+    ArtifactError,
+    ModelFingerprint,
+    RefusalDirection,
+    SteeringVector,
+    read_verified,
+)
 from vsteer.kernels.decide_op import register_decider
 from vsteer.kernels.dispatch import OPS, backend, steer_backend
 from vsteer.kernels.steer_cpu import kernel_seconds
@@ -252,9 +256,7 @@ class ControlRuntime:
                        ) -> dict[int, np.ndarray]:
         """Slot contents, layer -> [H]: a vector file (part ""), a direction's per-layer
         refusal tensors ("refusal"), or its layer-l tensor at every layer ("refusal@l")."""
-        data = Path(path).read_bytes()
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise ArtifactError("the file changed after the request was validated")
+        data = read_verified(path, sha256)
         if not part:
             value = SteeringVector.from_safetensors_bytes(data)
             src = value.directions

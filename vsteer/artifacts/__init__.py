@@ -3,7 +3,13 @@
 from vsteer.artifacts.controller import RefusalController
 from vsteer.artifacts.direction import GuardCalibration, RefusalDirection
 from vsteer.artifacts.fingerprint import ModelFingerprint
-from vsteer.artifacts.store import ArtifactStore, Stored, StoredVector, check_name
+from vsteer.artifacts.store import (
+    ArtifactStore,
+    Stored,
+    StoredVector,
+    check_name,
+    read_verified,
+)
 from vsteer.artifacts.tensors_file import ArtifactError
 from vsteer.artifacts.vector import SteeringVector
 
@@ -18,4 +24,5 @@ __all__ = [
     "SteeringVector",
     "StoredVector",
     "check_name",
+    "read_verified",
 ]

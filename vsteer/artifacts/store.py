@@ -36,6 +36,15 @@ def check_name(name: str) -> str:
     return name
 
 
+def read_verified(path: str | os.PathLike[str], sha256: str) -> bytes:
+    """A file's bytes, if they still hash to what the server validated (workers load
+    artifacts by path; a file replaced in between is refused, never half-used)."""
+    data = Path(path).read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ArtifactError(f"{path} changed after the request was validated")
+    return data
+
+
 @dataclass(frozen=True)
 class StoredVector:
     name: str
