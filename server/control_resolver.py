@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -16,22 +16,25 @@ from vsteer.server.auth import OPERATOR, Principal
 from vsteer.server.control_protocol import ControlSpec
 from vsteer.server.errors import APIError, pydantic_errors_to_api_error
 from vsteer.server.refusal_resolver import check_scale, load_artifact, resolve_refusal
-from vsteer.wire import MAX_STEER_ENTRIES, WireDecide, WireSpec, WireSteer, encode, steer_entry
+from vsteer.wire import MAX_STEER_ENTRIES, WireSpec, WireSteer, encode, steer_entry
 
 
 @dataclass
 class ResolvedControl:
     wire: WireSpec
     applied: dict[str, Any]  # echoed back in the response's `control`
-    slot_keys: set[str] = field(default_factory=set)
 
     @property
     def active(self) -> bool:
         return bool(self.wire.steer) or self.wire.decide is not None
 
     @property
-    def decides(self) -> WireDecide | None:
-        return self.wire.decide
+    def slot_keys(self) -> set[str]:
+        """Steering slots this request holds while it runs (admission counts them)."""
+        keys = {e.key for e in self.wire.steer}
+        if self.wire.decide is not None:
+            keys |= {self.wire.decide.source_key, self.wire.decide.target_key}
+        return keys
 
     def encoded(self) -> str:
         return encode(self.wire)
@@ -91,10 +94,7 @@ class ControlResolver:
         if len(steer) + (decide is not None) > MAX_STEER_ENTRIES:
             raise APIError(400, f"control uses more than {MAX_STEER_ENTRIES} steering entries "
                            "(steer entries plus one for refusal)", param="control")
-        keys = {e.key for e in steer}
-        if decide is not None:
-            keys |= {decide.source_key, decide.target_key}
-        return ResolvedControl(WireSpec(rid=rid, steer=steer, decide=decide), applied, keys)
+        return ResolvedControl(WireSpec(rid=rid, steer=steer, decide=decide), applied)
 
     @staticmethod
     def _apply_tenant_defaults(raw: dict[str, Any], who: Principal) -> dict[str, Any]:

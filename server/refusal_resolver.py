@@ -21,7 +21,6 @@ class ResolvedRefusal:
     steer: list[WireSteer] = field(default_factory=list)
     decide: WireDecide | None = None
     applied: dict[str, Any] = field(default_factory=dict)
-    keys: set[str] = field(default_factory=set)
 
 
 LABELS = {"vector": "steering vector", "direction": "refusal direction",
@@ -117,9 +116,6 @@ def resolve_refusal(r: RefusalControl, rid: str, store: ArtifactStore, fp: Model
                              ctrl)
         out.applied.update({"threshold": thr, "controller": r.controller,
                             "condition_layer": c.input_layer})
-    out.keys = {e.key for e in out.steer}
-    if out.decide is not None:
-        out.keys |= {out.decide.source_key, out.decide.target_key}
     return out
 
 

@@ -163,7 +163,7 @@ class ControlledServing:
         mode = rep["mode"]
         if mode in ("force", "ablate"):
             rep["triggered"] = True
-        elif resolved.decides is not None:
+        elif resolved.wire.decide is not None:
             msg = await asyncio.to_thread(self.listener.wait_decision, resolved.wire.rid,
                                           DECISION_WAIT_S)
             if msg is not None:

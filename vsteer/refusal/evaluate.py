@@ -60,7 +60,7 @@ class RefusalEval:
             outs = self.llm.generate(texts, params, use_tqdm=False)
             for p, r, o in zip(chunk, resolved, outs, strict=True):
                 row = {"prompt": p, "completion": o.outputs[0].text}
-                if r.decides is not None:
+                if r.wire.decide is not None:
                     msg = self.listener.wait_decision(r.wire.rid, 10.0)
                     row["triggered"] = bool(msg["fired"]) if msg else None
                     row["score"] = float(msg["score"]) if msg else None
