@@ -72,14 +72,13 @@ def store(artifacts):
 @pytest.fixture(scope="session")
 def demo_vector(capturer, store):
     """The shipped joyful-vs-gloomy pairs, extracted through the runtime at layers 6-8."""
-    from vsteer.artifacts import ModelFingerprint
     from vsteer.extract import build_vector, load_pairs, pool
     from vsteer.vector_cli import _pairs_path
 
     pairs = load_pairs(_pairs_path(None))
     states = pool(capturer.capture([t for p in pairs for t in p], DEMO_LAYERS))
     vec = build_vector(states[0::2], states[1::2], DEMO_LAYERS, "diffmean",
-                       ModelFingerprint.from_dict(capturer.fingerprint), {"test": True})
+                       capturer.fingerprint, {"test": True})
     store.save_vector("joyful", vec, overwrite=True)
     return vec
 

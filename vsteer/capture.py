@@ -7,7 +7,6 @@ token back over the channel.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Sequence
 
@@ -15,26 +14,18 @@ import numpy as np
 from tqdm import tqdm
 
 from vsteer.engine_config import vsteer_additional_config
-from vsteer.plugins.channel import ENV_ADDRESS, ChannelListener, new_channel_address
+from vsteer.offline_engine import OfflineEngine
 from vsteer.wire import EXTRA_ARGS_KEY, WireCapture, WireSpec, encode
 
 
-class HiddenStateCapturer:
+class HiddenStateCapturer(OfflineEngine):
     def __init__(self, model: str, max_model_len: int = 1024, dtype: str = "bfloat16",
                  **engine_kwargs) -> None:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        self.listener = ChannelListener(new_channel_address())
-        os.environ[ENV_ADDRESS] = self.listener.address
-        from vllm import LLM
-
-        self.llm = LLM(model=model, enforce_eager=True, max_model_len=max_model_len,
-                       dtype=dtype, enable_prefix_caching=False,
-                       additional_config=vsteer_additional_config(capture=True),
-                       **engine_kwargs)
-        hello = self.listener.wait_ready(60)
-        self.num_layers = int(hello["fingerprint"]["num_layers"])
-        self.hidden_size = int(hello["fingerprint"]["hidden_size"])
-        self.fingerprint = hello["fingerprint"]
+        super().__init__(model, vsteer_additional_config(capture=True), hello_timeout=60,
+                         max_model_len=max_model_len, dtype=dtype,
+                         enable_prefix_caching=False, **engine_kwargs)
+        self.num_layers = self.fingerprint.num_layers
+        self.hidden_size = self.fingerprint.hidden_size
 
     def capture(self, prompts: Sequence[str], layers: Sequence[int], batch_size: int = 32,
                 desc: str = "capturing hidden states") -> list[np.ndarray]:
@@ -60,9 +51,3 @@ class HiddenStateCapturer:
                     out.append(np.frombuffer(msg["data"], np.float32).reshape(msg["shape"]))
                 bar.update(len(chunk))
         return out
-
-    def close(self) -> None:
-        from vsteer.plugins import vllm_compat
-
-        vllm_compat.shutdown_offline_engine(self.llm)
-        self.listener.close()

@@ -64,7 +64,7 @@ def _pairs_path(arg: str | None) -> Path:
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from vsteer.artifacts import ModelFingerprint, check_name
+    from vsteer.artifacts import check_name
     from vsteer.capture import HiddenStateCapturer
     from vsteer.extract import build_vector, load_pairs, parse_layers, pool
     from vsteer.model import resolve_model
@@ -79,7 +79,7 @@ def _extract(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     cap = HiddenStateCapturer(model)
     try:
-        fp = ModelFingerprint.from_dict(cap.fingerprint)
+        fp = cap.fingerprint
         layers = parse_layers(args.layers, fp.num_layers)
         texts = [t for p in pairs for t in p]  # pos0, neg0, pos1, neg1, ...
         states = pool(cap.capture(texts, layers, args.batch_size))  # [2N, L, H]

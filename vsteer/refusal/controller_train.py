@@ -60,8 +60,7 @@ def train_controller(m: HFModel, fp: ModelFingerprint, direction: RefusalDirecti
         return w_max * torch.sigmoid(o[:, 1:]) * later  # [B, L]
 
     def refusal_ce(prompts: list[str], w: torch.Tensor) -> torch.Tensor:
-        enc = m.tok([m.chat_text(p) + reply for p in prompts], return_tensors="pt",
-                    padding=True, add_special_tokens=False)
+        enc = m.batch(prompts, reply)
         add = w[:, :, None] * refusal[None]  # [B, L, H]
         with m.edited(lambda i, x: x + add[:, i][:, None, :]):
             # logits only where the loss reads them (the LM head dominates otherwise)

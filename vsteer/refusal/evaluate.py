@@ -9,35 +9,29 @@ Writes report.json ({"modes": {mode: {harmful_refusal_rate, harmless_refusal_rat
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from vsteer.engine_config import vsteer_additional_config
+from vsteer.offline_engine import OfflineEngine
 from vsteer.refusal.judge import JUDGE_CHARS, REFUSAL_PHRASES, is_refusal
 
 MAX_TOKENS = 48
 BATCH = 32
 
 
-class RefusalEval:
+class RefusalEval(OfflineEngine):
     def __init__(self, model: str, artifacts: Path, dtype: str = "float32") -> None:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        from vsteer.artifacts import ArtifactStore, ModelFingerprint
-        from vsteer.engine_config import vsteer_additional_config
-        from vsteer.plugins.channel import ENV_ADDRESS, ChannelListener, new_channel_address
+        from vsteer.artifacts import ArtifactStore
         from vsteer.server.control_resolver import ControlResolver
 
-        self.listener = ChannelListener(new_channel_address())
-        os.environ[ENV_ADDRESS] = self.listener.address
-        from vllm import LLM
-
-        self.llm = LLM(model=model, enforce_eager=True, max_model_len=1024, dtype=dtype,
-                       additional_config=vsteer_additional_config(max_steer_slots=BATCH + 8))
-        hello = self.listener.wait_ready(120)
-        fp = ModelFingerprint.from_dict(hello["fingerprint"])
-        self.resolver = ControlResolver(ArtifactStore(artifacts), fp, max_abs_scale=64.0)
+        # every request of a batch may hold a private decision slot, plus shared ones
+        super().__init__(model, vsteer_additional_config(max_steer_slots=BATCH + 8),
+                         max_model_len=1024, dtype=dtype)
+        self.resolver = ControlResolver(ArtifactStore(artifacts), self.fingerprint,
+                                        max_abs_scale=64.0)
         self.tok = self.llm.get_tokenizer()
 
     def run(self, prompts: list[str], refusal: dict[str, Any] | None, desc: str
@@ -70,12 +64,6 @@ class RefusalEval:
                 row["refused"] = is_refusal(row["completion"])
                 rows.append(row)
         return rows
-
-    def close(self) -> None:
-        from vsteer.plugins import vllm_compat
-
-        vllm_compat.shutdown_offline_engine(self.llm)
-        self.listener.close()
 
 
 def modes_for(direction: str, calibrated: bool, controller: str | None

@@ -48,8 +48,7 @@ def reply_means(m: HFModel, prompts: list[str], reply: str) -> torch.Tensor:
     n = len(m.tok(reply, add_special_tokens=False)["input_ids"])
     acc = torch.zeros(m.num_layers, m.hidden_size)
     for c in chunks(prompts, BATCH):
-        enc = m.tok([m.chat_text(p) + reply for p in c], return_tensors="pt", padding=True,
-                    add_special_tokens=False)
+        enc = m.batch(c, reply)
         seen: dict[int, torch.Tensor] = {}
 
         def record(i: int, x: torch.Tensor, seen=seen) -> torch.Tensor:

@@ -46,8 +46,9 @@ class HFModel:
         suffix = text[text.index(mark) + len(mark):]
         return len(self.tok(suffix, add_special_tokens=False)["input_ids"])
 
-    def batch(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        texts = [self.chat_text(p) for p in prompts]
+    def batch(self, prompts: list[str], reply: str = "") -> dict[str, torch.Tensor]:
+        """Chat-templated prompts (each followed by `reply`, teacher-forced), left-padded."""
+        texts = [self.chat_text(p) + reply for p in prompts]
         return self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 
     @contextlib.contextmanager
