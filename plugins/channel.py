@@ -66,6 +66,8 @@ class ChannelListener:
         self.errors: OrderedDict[str, list[str]] = OrderedDict()
         self.captures: dict[str, dict[str, Any]] = {}
         self.decisions: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.probes: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.token_scores: OrderedDict[str, list[float]] = OrderedDict()
         self._max_errors = max_errors
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -100,10 +102,22 @@ class ChannelListener:
             elif kind == "capture":
                 self.captures[msg["rid"]] = msg
             elif kind == "decision":
-                self.decisions[msg["rid"]] = msg
-                while len(self.decisions) > self._max_errors:
-                    self.decisions.popitem(last=False)
+                self._keep(self.decisions, msg["rid"], msg)
+            elif kind == "probe":
+                self._keep(self.probes, msg["rid"], msg)
+            elif kind == "token_scores":
+                for rid, scores in msg["scores"].items():
+                    if rid in self.token_scores:
+                        self.token_scores[rid].extend(scores)
+                    else:
+                        self._keep(self.token_scores, rid, list(scores))
             self._cond.notify_all()
+
+    def _keep(self, table: OrderedDict, rid: str, value: Any) -> None:
+        """Results nobody collects (a client that left) age out, oldest first."""
+        table[rid] = value
+        while len(table) > self._max_errors:
+            table.popitem(last=False)
 
     def wait_ready(self, timeout: float) -> dict[str, Any]:
         if not self._ready.wait(timeout):
@@ -118,17 +132,40 @@ class ChannelListener:
             return self.errors.pop(rid, [])
 
     def wait_decision(self, rid: str, timeout: float) -> dict[str, Any] | None:
-        """The in-prefill decision of request `rid` (None if none arrives in time). The
-        worker sends it right after the prefill step, before the reply can be complete,
-        so a wait here is rare and short."""
+        """The in-prefill refusal decision of request `rid` (None if none arrives in
+        time). The worker sends it right after the prefill step, before the reply can be
+        complete, so a wait here is rare and short."""
+        return self._wait_pop(self.decisions, rid, timeout)
+
+    def wait_probe(self, rid: str, timeout: float) -> dict[str, Any] | None:
+        """The in-prefill hallucination-probe result of request `rid` (or None)."""
+        return self._wait_pop(self.probes, rid, timeout)
+
+    def _wait_pop(self, table: OrderedDict, rid: str, timeout: float) -> Any:
         deadline = time.monotonic() + timeout
         with self._cond:
-            while rid not in self.decisions:
+            while rid not in table:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
                 self._cond.wait(left)
-            return self.decisions.pop(rid)
+            return table.pop(rid)
+
+    def wait_token_scores(self, rid: str, count: int, timeout: float) -> list[float]:
+        """The first `count` per-token scores of `rid` (fewer if they do not arrive in
+        time); they stay for the next call, until `pop_token_scores`."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.token_scores.get(rid, ())) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return list(self.token_scores.get(rid, ())[:count])
+
+    def pop_token_scores(self, rid: str) -> list[float]:
+        with self._cond:
+            return self.token_scores.pop(rid, [])
 
     def wait_captures(self, rids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
         deadline = time.monotonic() + timeout

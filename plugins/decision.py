@@ -76,11 +76,12 @@ def decide(d: Decision, x: torch.Tensor) -> dict[int, float]:
     return coeff if d.fired else {}
 
 
-def apply_decision(d: Decision, coeff: dict[int, float], vectors: torch.Tensor,
-                   inv_norms: torch.Tensor) -> None:
-    """Write the fired force into the request's private slot (in place)."""
+def write_force(source_slot: int, target_slot: int, coeff: dict[int, float],
+                vectors: torch.Tensor, inv_norms: torch.Tensor) -> None:
+    """vectors[target, l] = coeff[l] * vectors[source, l] (in place): a fired decision's
+    force, written into the request's private slot."""
     for la, c in coeff.items():
         if c == 0.0:
             continue
-        vectors[d.target_slot, la] = (vectors[d.source_slot, la].float() * c).to(vectors.dtype)
-        inv_norms[d.target_slot, la] = inv_norms[d.source_slot, la] / abs(c)
+        vectors[target_slot, la] = (vectors[source_slot, la].float() * c).to(vectors.dtype)
+        inv_norms[target_slot, la] = inv_norms[source_slot, la] / abs(c)

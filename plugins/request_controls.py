@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from vsteer.kernels.steer_reference import OP_CODES
 from vsteer.plugins.decision import Decision
+from vsteer.plugins.probe_control import ProbeRun
 from vsteer.wire import WireSpec
 
 Entry = tuple[int, float, int]  # (slot, scale, op code)
@@ -21,6 +22,7 @@ class RequestControls:
     prompt_row: int = -1  # rows in the token plan, allocated when first needed
     generated_row: int = -1
     decision: Decision | None = None  # guard / controller, decided in prefill
+    probe: ProbeRun | None = None  # hallucination probe, scored in prefill (and per token)
 
     def add_entry(self, key: str, slot: int, scale: float, op: str, positions: str) -> None:
         entry = (slot, scale, OP_CODES[op])

@@ -1,11 +1,14 @@
 """The control runtime inside a vLLM worker: per step, map tokens to control rows;
-per layer, run the steering op (and capture, for offline tooling)."""
+per layer, run the steering op, then any host-side jobs due at that layer (refusal
+decisions, hallucination probes), and capture for offline tooling."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -13,6 +16,7 @@ import torch
 import vsteer.kernels  # noqa: F401  (registers torch.ops.vsteer.*)
 from vsteer.artifacts import (
     ArtifactError,
+    HallucinationProbe,
     ModelFingerprint,
     RefusalDirection,
     SteeringVector,
@@ -24,14 +28,18 @@ from vsteer.kernels.steer_cpu import kernel_seconds
 from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.capture import CaptureCollector
 from vsteer.plugins.channel import WorkerChannel
-from vsteer.plugins.decision import apply_decision, decide, load_decision
+from vsteer.plugins.decision import decide, load_decision, write_force
+from vsteer.plugins.probe_control import ProbeScorer, load_probe_run
 from vsteer.plugins.request_controls import RequestControls
 from vsteer.plugins.slot_table import SlotTable
 from vsteer.plugins.token_plan import TokenPlan
-from vsteer.wire import EXTRA_ARGS_KEY, MAX_STEER_ENTRIES, WireDecide, decode
+from vsteer.wire import EXTRA_ARGS_KEY, MAX_STEER_ENTRIES, WireDecide, WireProbe, decode
 
 log = logging.getLogger("vsteer.runtime")
 STATS_INTERVAL_S = 0.5
+# A host-side job due at one layer of this step: (hidden, residual) -> whether it wrote
+# into a slot (then the step's token plan must be re-read).
+Job = Callable[[torch.Tensor, "torch.Tensor | None"], bool]
 
 
 class ControlRuntime:
@@ -52,9 +60,12 @@ class ControlRuntime:
                 raise RuntimeError("vsteer hidden-state capture needs enforce_eager=True")
             self.capture = CaptureCollector(channel, shape.hidden_size)
         self.requests: dict[str, RequestControls | None] = {}
-        # decisions due in this step, by layer: (token index of the last prompt token, rc)
-        self.pending: dict[int, list[tuple[int, RequestControls]]] = {}
+        self.pending: dict[int, list[Job]] = {}  # jobs due in this step, by layer
         self.decided: list[RequestControls] = []
+        self.probed: list[RequestControls] = []  # probes scored in this step
+        self.token_scores: dict[str, list[float]] = {}  # this step's per-token scores
+        self.abstained: set[str] = set()  # rids whose sampler may only end (abstain.py)
+        self.probe_scorer = ProbeScorer(shape.device)
         self._decide_handle = register_decider(self._decide)
         self.steered_tokens = 0
         self.control_seconds = 0.0
@@ -99,20 +110,47 @@ class ControlRuntime:
 
     def _decide(self, layer: int, hidden: torch.Tensor, residual: torch.Tensor | None) -> None:
         due = self.pending.pop(layer, None)
-        if not due:
-            return
-        fired = False
-        for t, rc in due:
-            x = hidden[t].float()  # [H]
-            if residual is not None:
-                x = x + residual[t].float()
-            coeff = decide(rc.decision, x)
-            if coeff:
-                apply_decision(rc.decision, coeff, self.slots.vectors, self.slots.inv_norms)
-                fired = True
-            self.decided.append(rc)
-        if fired:
+        if due and any([job(hidden, residual) for job in due]):  # every job runs
             self.plan.invalidate()
+
+    def _refusal_job(self, rc: RequestControls, t: int, hidden: torch.Tensor,
+                     residual: torch.Tensor | None) -> bool:
+        x = hidden[t].float()  # [H]
+        if residual is not None:
+            x = x + residual[t].float()
+        d = rc.decision
+        coeff = decide(d, x)
+        if coeff:
+            write_force(d.source_slot, d.target_slot, coeff, self.slots.vectors,
+                        self.slots.inv_norms)
+        self.decided.append(rc)
+        return bool(coeff)
+
+    def _probe_job(self, rc: RequestControls, a: int, b: int, final: bool,
+                   hidden: torch.Tensor, residual: torch.Tensor | None) -> bool:
+        run = rc.probe
+        if not self.probe_scorer.prefill(run, hidden, residual, a, b, final):
+            return False
+        self.probed.append(rc)
+        if not run.fired:
+            return False
+        if run.wire.action == "abstain":
+            self.abstained.add(rc.spec.rid)
+        elif run.wire.action == "mitigate":
+            coeff = dict.fromkeys(run.wire.mitigate_layers, run.wire.scale)
+            write_force(run.source_slot, run.target_slot, coeff, self.slots.vectors,
+                        self.slots.inv_norms)
+            return True
+        return False
+
+    def _token_job(self, rc: RequestControls, t: int, hidden: torch.Tensor,
+                   residual: torch.Tensor | None) -> bool:
+        score = self.probe_scorer.token(rc.probe, hidden, residual, t)
+        self.token_scores.setdefault(rc.spec.rid, []).append(score)
+        return False
+
+    def _due(self, layer: int, job: Job) -> None:
+        self.pending.setdefault(layer, []).append(job)
 
     # -- per step (host side, before and after the forward) ----------------------------
     def before_forward(self, runner, num_tokens: int) -> None:
@@ -140,7 +178,15 @@ class ControlRuntime:
             if d is not None and not d.done:
                 last = rc.num_prompt_tokens - 1  # decide on the last prompt token
                 if p <= last < p + (b - a):
-                    self.pending.setdefault(d.wire.layer, []).append((a + last - p, rc))
+                    self._due(d.wire.layer, partial(self._refusal_job, rc, a + last - p))
+            pr = rc.probe
+            if pr is not None:
+                if not pr.done and split > a:
+                    final = p + (split - a) >= rc.num_prompt_tokens
+                    self._due(pr.layer, partial(self._probe_job, rc, a, split, final))
+                if pr.wire.per_token and p + (b - a) >= rc.num_prompt_tokens:
+                    # the step's last row samples this request's next token
+                    self._due(pr.token_layer, partial(self._token_job, rc, b - 1))
             if self.capture is not None and rc.spec.capture is not None:
                 self.capture.plan(rc.spec.rid, rc.spec.capture.layers, rc.num_prompt_tokens,
                                   a, split, p)
@@ -159,6 +205,15 @@ class ControlRuntime:
             self.channel.send({"type": "decision", "rid": rc.spec.rid, "kind": d.wire.kind,
                                "score": d.score, "fired": d.fired})
         self.decided.clear()
+        for rc in self.probed:
+            run = rc.probe
+            self.channel.send({"type": "probe", "rid": rc.spec.rid, "score": run.score,
+                               "fired": run.fired, "action": run.wire.action})
+        self.probed.clear()
+        if self.token_scores:
+            if self.shape.tp_rank == 0:  # every rank scores; one reports (lists append)
+                self.channel.send({"type": "token_scores", "scores": self.token_scores})
+            self.token_scores = {}
         now = time.monotonic()
         if now - self._last_stats >= STATS_INTERVAL_S:
             self._last_stats = now
@@ -200,6 +255,7 @@ class ControlRuntime:
             rc = self.requests.pop(rid)
             if rc is not None:
                 self._free_rows_of(rc)
+                self.abstained.discard(rc.spec.rid)
                 if self.capture is not None:
                     self.capture.forget(rc.spec.rid)
 
@@ -228,6 +284,8 @@ class ControlRuntime:
                 rc.add_entry(e.key, slot, e.scale, e.op, e.positions)
             if spec.decide is not None:
                 self._setup_decision(rc, spec.decide, pinned)
+            if spec.probe is not None:
+                self._setup_probe(rc, spec.probe, pinned)
         self.requests[rid] = rc
         return rc
 
@@ -249,17 +307,44 @@ class ControlRuntime:
         rc.keys.append(w.source_key)
         rc.add_entry(w.target_key, dst, 1.0, "add", "all")
 
+    def _setup_probe(self, rc: RequestControls, w: WireProbe, pinned: set[str]) -> None:
+        try:
+            run = load_probe_run(w, self.shape.device)
+            if (why := run.probe.fingerprint.mismatch(self.fingerprint)) is not None:
+                raise ArtifactError(why)
+            if w.action == "mitigate":
+                run.source_slot = self.slots.acquire(w.source_key, lambda: self._load_artifact(
+                    w.path, w.sha256, "truth", w.mitigate_layers), pinned)
+                pinned.add(w.source_key)
+                zeros = np.zeros(self.shape.hidden_size, np.float32)
+                run.target_slot = self.slots.acquire(
+                    w.target_key, lambda: dict.fromkeys(w.mitigate_layers, zeros), pinned)
+                pinned.add(w.target_key)
+        except (ArtifactError, OSError) as err:
+            msg = f"hallucination probe not applied: {err}"
+            log.error(msg)
+            self.channel.send({"type": "error", "rid": rc.spec.rid, "message": msg})
+            return
+        rc.probe = run
+        if w.action == "mitigate":
+            rc.keys.append(w.source_key)
+            rc.add_entry(w.target_key, run.target_slot, 1.0, "add", "all")
+
     def _load(self, e) -> dict[int, np.ndarray]:
         return self._load_artifact(e.path, e.sha256, e.part, e.layers)
 
     def _load_artifact(self, path: str, sha256: str, part: str, layers: list[int]
                        ) -> dict[int, np.ndarray]:
-        """Slot contents, layer -> [H]: a vector file (part ""), a direction's per-layer
-        refusal tensors ("refusal"), or its layer-l tensor at every layer ("refusal@l")."""
+        """Slot contents, layer -> [H]: a vector file (part ""), a probe's truth tensors
+        ("truth"), a direction's per-layer refusal tensors ("refusal"), or its layer-l
+        tensor at every layer ("refusal@l")."""
         data = read_verified(path, sha256)
         if not part:
             value = SteeringVector.from_safetensors_bytes(data)
             src = value.directions
+        elif part == "truth":
+            value = HallucinationProbe.from_safetensors_bytes(data)
+            src = dict(enumerate(value.truth))
         else:
             value = RefusalDirection.from_safetensors_bytes(data)
             if part == "refusal":

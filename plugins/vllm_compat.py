@@ -265,3 +265,11 @@ async def listen_for_disconnect(raw_request: Any) -> None:
 def shutdown_offline_engine(llm: Any) -> None:
     """Stop an offline `LLM`'s engine core now, not at interpreter exit."""
     llm.llm_engine.engine_core.shutdown()
+
+
+def logits_processor_api() -> tuple[type, Any]:
+    """vLLM's custom logits-processor base class and its move-kind enum (the
+    `vllm.logits_processors` entry point group loads subclasses in every worker)."""
+    from vllm.v1.sample.logits_processor import LogitsProcessor, MoveDirectionality
+
+    return LogitsProcessor, MoveDirectionality

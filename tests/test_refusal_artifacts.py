@@ -15,7 +15,7 @@ from vsteer.artifacts import (
     RefusalController,
     RefusalDirection,
 )
-from vsteer.plugins.decision import Decision, apply_decision, decide
+from vsteer.plugins.decision import Decision, decide, write_force
 from vsteer.refusal.judge import is_refusal
 from vsteer.server.policy import Policy, PolicyFile
 from vsteer.wire import WireDecide
@@ -90,7 +90,7 @@ def test_guard_decision_writes_the_scaled_force_into_the_private_slot_only_when_
     above = Decision(wire, 1, 2, condition=cond)
     coeff = decide(above, torch.tensor([2.0, 1, 0, 0, 0, 0, 0, 0]))  # cos = 0.894
     assert above.fired and above.score == pytest.approx(2 / 5 ** 0.5)
-    apply_decision(above, coeff, vectors, inv)
+    write_force(above.source_slot, above.target_slot, coeff, vectors, inv)
     torch.testing.assert_close(vectors[2, 2], 2.0 * vectors[1, 2])
     assert float(vectors[2, [0, 1, 3]].abs().sum()) == 0.0  # only the force layer
     assert float(inv[2, 2]) == pytest.approx(float(inv[1, 2]) / 2)

@@ -41,6 +41,22 @@ class WireDecide(msgspec.Struct, frozen=True):
     controller_sha256: str = ""
 
 
+class WireProbe(msgspec.Struct, frozen=True):
+    """A hallucination probe run inside prefill (and per generated token)."""
+
+    path: str
+    sha256: str
+    action: str  # annotate | abstain | mitigate
+    threshold: float
+    per_token: bool = False
+    # mitigate: the probe's truth tensors (shared slot) copied, times `scale`, into this
+    # request's private slot when the probe fires
+    source_key: str = ""
+    target_key: str = ""
+    mitigate_layers: list[int] = []
+    scale: float = 1.0
+
+
 class WireCapture(msgspec.Struct, frozen=True):
     layers: list[int]  # residual stream after these layers, every prompt token
 
@@ -50,6 +66,7 @@ class WireSpec(msgspec.Struct, frozen=True):
     steer: list[WireSteer] = []
     capture: WireCapture | None = None
     decide: WireDecide | None = None
+    probe: WireProbe | None = None
 
 
 _encoder = msgspec.json.Encoder()

@@ -12,57 +12,26 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from vsteer.engine_config import vsteer_additional_config
-from vsteer.offline_engine import OfflineEngine
+from vsteer.eval_engine import EvalEngine
 from vsteer.refusal.judge import JUDGE_CHARS, REFUSAL_PHRASES, is_refusal
 
 MAX_TOKENS = 48
-BATCH = 32
 
 
-class RefusalEval(OfflineEngine):
-    def __init__(self, model: str, artifacts: Path, dtype: str = "float32") -> None:
-        from vsteer.artifacts import ArtifactStore
-        from vsteer.server.control_resolver import ControlResolver
-
-        # every request of a batch may hold a private decision slot, plus shared ones
-        super().__init__(model, vsteer_additional_config(max_steer_slots=BATCH + 8),
-                         max_model_len=1024, dtype=dtype)
-        self.resolver = ControlResolver(ArtifactStore(artifacts), self.fingerprint,
-                                        max_abs_scale=64.0)
-        self.tok = self.llm.get_tokenizer()
-
+class RefusalEval(EvalEngine):
     def run(self, prompts: list[str], refusal: dict[str, Any] | None, desc: str
             ) -> list[dict[str, Any]]:
-        from vllm import SamplingParams
-
-        from vsteer.wire import EXTRA_ARGS_KEY
-
         rows: list[dict[str, Any]] = []
-        for start in tqdm(range(0, len(prompts), BATCH), desc=desc, unit="batch"):
-            chunk = prompts[start:start + BATCH]
-            resolved = [self.resolver.resolve({"refusal": refusal} if refusal else {})
-                        for _ in chunk]
-            params = [SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0,
-                                     extra_args={EXTRA_ARGS_KEY: r.encoded()} if r.active
-                                     else None) for r in resolved]
-            texts = [self.tok.apply_chat_template([{"role": "user", "content": p}],
-                                                  tokenize=False, add_generation_prompt=True)
-                     for p in chunk]
-            outs = self.llm.generate(texts, params, use_tqdm=False)
-            for p, r, o in zip(chunk, resolved, outs, strict=True):
-                row = {"prompt": p, "completion": o.outputs[0].text}
-                if r.wire.decide is not None:
-                    msg = self.listener.wait_decision(r.wire.rid, 10.0)
-                    row["triggered"] = bool(msg["fired"]) if msg else None
-                    row["score"] = float(msg["score"]) if msg else None
-                errors = self.listener.pop_errors(r.wire.rid)
-                if errors:
-                    raise RuntimeError(f"control not applied: {errors}")
-                row["refused"] = is_refusal(row["completion"])
-                rows.append(row)
+        decides = refusal is not None and refusal.get("mode") in ("guard", "controller")
+        for a in self.answer(prompts, {"refusal": refusal} if refusal else None, MAX_TOKENS,
+                             desc):
+            row = {"prompt": a.prompt, "completion": a.completion}
+            if decides:
+                msg = self.listener.wait_decision(a.rid, 10.0)
+                row["triggered"] = bool(msg["fired"]) if msg else None
+                row["score"] = float(msg["score"]) if msg else None
+            row["refused"] = is_refusal(a.completion)
+            rows.append(row)
         return rows
 
 

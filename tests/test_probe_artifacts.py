@@ -1,0 +1,151 @@
+"""Hallucination probes without an engine: the answer match, the QA set, AUROC, the
+probe artifact, in-prefill scoring (whole vs chunked prompt), and the abstain logits
+processor's row bookkeeping."""
+
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import vsteer.kernels  # noqa: F401  (registers torch.ops.vsteer.*)
+from vsteer.artifacts import (
+    ArtifactError,
+    HallucinationProbe,
+    ModelFingerprint,
+    SteeringVector,
+)
+from vsteer.probe.match import is_correct
+from vsteer.probe.metrics import auroc, youden_threshold
+from vsteer.probe.questions import build_questions
+from vsteer.wire import WireProbe, WireSpec, encode
+
+FP = ModelFingerprint("LlamaForCausalLM", 8, 4)
+
+
+def test_match_is_alias_aware_and_whole_word():
+    assert is_correct("The capital is Bogotá.", ["Bogota"])
+    assert is_correct("They pay in euros", ["Euro"])  # plural allowed
+    assert is_correct("Côte d'Ivoire", ["Ivory Coast", "Cote d Ivoire"])
+    assert not is_correct("Parisian food", ["Paris"])  # whole words only
+    assert not is_correct("Lyon", ["Paris"])
+    assert not is_correct("x" * 130 + " Paris", ["Paris"])  # only the answer's start counts
+
+
+def test_question_set_is_large_and_split_by_entity():
+    qs = build_questions()
+    assert len(qs) >= 1000
+    assert qs == build_questions()  # deterministic
+    train = {q["entity"] for q in qs if q["split"] == "train"}
+    test = {q["entity"] for q in qs if q["split"] == "test"}
+    assert train and test and not train & test
+    assert len({q["question"] for q in qs}) == len(qs)
+    assert all(q["answers"] for q in qs)
+
+
+def test_auroc_matches_pairwise_count():
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 5, 60).astype(float)  # many ties
+    y = rng.random(60) < 0.4
+    pairs = [(a, b) for a, b in itertools.product(s[y], s[~y])]
+    want = np.mean([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs])
+    assert auroc(s, y) == pytest.approx(want)
+    assert auroc(np.arange(4.0), np.array([0, 0, 1, 1], bool)) == 1.0
+    assert youden_threshold(np.arange(4.0), np.array([0, 0, 1, 1], bool)) == 2.0
+
+
+def _probe(kind: str = "linear", pooling: str = "mean", seed: int = 0) -> HallucinationProbe:
+    rng = np.random.default_rng(seed)
+    h, n = FP.hidden_size, FP.num_layers
+    if kind == "linear":
+        tensors = {"weight": rng.standard_normal(h).astype(np.float32)}
+    else:
+        tensors = {"w1": rng.standard_normal((h, 5)).astype(np.float32),
+                   "b1": rng.standard_normal(5).astype(np.float32),
+                   "w2": rng.standard_normal(5).astype(np.float32),
+                   "mu": rng.standard_normal(h).astype(np.float32),
+                   "sigma": rng.random(h).astype(np.float32) + 0.5}
+    return HallucinationProbe(
+        layer=1, pooling=pooling, probe_type=kind, tensors=tensors, bias=0.3, threshold=0.5,
+        truth=rng.standard_normal((n, h)).astype(np.float32), mitigate_layers=[2, 3],
+        fingerprint=FP, token_layer=2, token_weight=rng.standard_normal(h).astype(np.float32),
+        token_bias=-0.1)
+
+
+def test_probe_round_trips_and_rejects_bad_files():
+    p = _probe("mlp", "last")
+    q = HallucinationProbe.from_safetensors_bytes(p.to_safetensors_bytes())
+    v = np.arange(8, dtype=np.float32) / 8
+    assert q.score(v) == pytest.approx(p.score(v)) and q.probe_type == "mlp"
+    assert q.mitigate_layers == [2, 3] and q.has_token_probe
+    with pytest.raises(ArtifactError, match="after the probe layer"):
+        HallucinationProbe(**{**p.__dict__, "mitigate_layers": [1]})
+    with pytest.raises(ArtifactError, match="out of range"):
+        HallucinationProbe(**{**p.__dict__, "layer": 4})
+    vector = SteeringVector({0: np.ones(8, np.float32)}, FP, method="test")
+    with pytest.raises(ArtifactError, match="kind is 'vector'"):
+        HallucinationProbe.from_safetensors_bytes(vector.to_safetensors_bytes())
+
+
+@pytest.mark.parametrize(("kind", "pooling"), [("linear", "mean"), ("linear", "last"),
+                                               ("mlp", "mean"), ("mlp", "last")])
+def test_prefill_score_is_the_same_whole_or_chunked(kind, pooling):
+    """The runtime's score equals the artifact's numpy twin on the pooled stream, for a
+    prompt seen in one step or split over three."""
+    from vsteer.plugins.probe_control import ProbeRun, ProbeScorer
+
+    p = _probe(kind, pooling, seed=3)
+    weight = {k: torch.from_numpy(v) for k, v in p.tensors.items()}
+    wire = WireProbe(path="", sha256="", action="annotate", threshold=0.5)
+    scorer = ProbeScorer(torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    hidden, residual = torch.randn(20, 8, generator=g), torch.randn(20, 8, generator=g)
+    a, b = 4, 15  # this request's prompt rows in the step
+    x = (hidden + residual)[a:b].numpy()
+    want = p.score(x.mean(0) if pooling == "mean" else x[-1])
+
+    whole = ProbeRun(wire, p, weight, None)
+    assert scorer.prefill(whole, hidden, residual, a, b, final=True)
+    chunked = ProbeRun(wire, p, weight, None)
+    assert not scorer.prefill(chunked, hidden, residual, a, 7, final=False)
+    assert not scorer.prefill(chunked, hidden, residual, 7, 12, final=False)
+    assert scorer.prefill(chunked, hidden, residual, 12, b, final=True)
+    assert whole.score == pytest.approx(want, abs=1e-5)
+    assert chunked.score == pytest.approx(want, abs=1e-5)
+    assert whole.done and whole.fired == (whole.score >= 0.5)
+
+
+def _params(action: str | None, rid: str, eos: int = 7):
+    extra = None
+    if action is not None:
+        spec = WireSpec(rid=rid, probe=WireProbe(path="p", sha256="s", action=action,
+                                                 threshold=0.5))
+        extra = {"vsteer": encode(spec)}
+    return SimpleNamespace(extra_args=extra, eos_token_id=eos, all_stop_token_ids={eos})
+
+
+def test_abstain_processor_masks_only_abstained_rows(monkeypatch):
+    from vsteer.plugins import abstain, entry
+
+    proc = abstain.AbstainLogitsProcessor(None, torch.device("cpu"), False)
+    assert not proc.is_argmax_invariant()
+    Move = abstain._Move
+    batch = SimpleNamespace(removed=[], moved=[], added=[
+        (0, _params("abstain", "r0"), None, []), (1, _params(None, "plain"), None, []),
+        (2, _params("annotate", "r2"), None, []), (3, _params("abstain", "r3", eos=5), None, [])])
+    proc.update_state(batch)
+    assert proc.rows == {0: ("r0", 7), 3: ("r3", 5)}
+    proc.update_state(SimpleNamespace(removed=[1], added=[], moved=[(3, 1, Move.UNIDIRECTIONAL),
+                                                                    (0, 2, Move.SWAP)]))
+    assert proc.rows == {1: ("r3", 5), 2: ("r0", 7)}
+    logits = torch.randn(4, 10)
+    before = logits.clone()
+    monkeypatch.setattr(entry, "_RUNTIME", SimpleNamespace(abstained={"r3"}))
+    out = proc.apply(logits)
+    assert int(out[1].argmax()) == 5 and torch.isinf(out[1]).sum() == 9  # only eos left
+    torch.testing.assert_close(out[[0, 2, 3]], before[[0, 2, 3]])  # r0 did not fire
+    monkeypatch.setattr(entry, "_RUNTIME", None)
+    torch.testing.assert_close(proc.apply(before.clone()), before)

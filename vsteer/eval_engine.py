@@ -1,0 +1,65 @@
+"""The engine offline evaluations run on: vLLM + the vsteer runtime, with every
+request's `control` resolved exactly as the server resolves it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from vsteer.engine_config import vsteer_additional_config
+from vsteer.offline_engine import OfflineEngine
+
+BATCH = 32
+
+
+@dataclass
+class Answer:
+    prompt: str
+    completion: str
+    token_ids: list[int]
+    rid: str  # the control's correlation id (results arrive on the listener under it)
+    finish_reason: str | None
+
+
+class EvalEngine(OfflineEngine):
+    def __init__(self, model: str, artifacts: Path, dtype: str = "float32",
+                 max_model_len: int = 1024) -> None:
+        from vsteer.artifacts import ArtifactStore
+        from vsteer.server.control_resolver import ControlResolver
+
+        # every request of a batch may hold a private decision slot, plus shared ones
+        super().__init__(model, vsteer_additional_config(max_steer_slots=BATCH + 8),
+                         max_model_len=max_model_len, dtype=dtype)
+        self.resolver = ControlResolver(ArtifactStore(artifacts), self.fingerprint,
+                                        max_abs_scale=64.0)
+        self.tok = self.llm.get_tokenizer()
+
+    def answer(self, prompts: list[str], control: dict[str, Any] | None, max_tokens: int,
+               desc: str) -> list[Answer]:
+        """Greedy chat answers, BATCH prompts per engine call; raises if the worker
+        reports a control it could not apply."""
+        from vllm import SamplingParams
+
+        from vsteer.wire import EXTRA_ARGS_KEY
+
+        out: list[Answer] = []
+        for start in tqdm(range(0, len(prompts), BATCH), desc=desc, unit="batch"):
+            chunk = prompts[start:start + BATCH]
+            resolved = [self.resolver.resolve(control or {}) for _ in chunk]
+            params = [SamplingParams(max_tokens=max_tokens, temperature=0.0,
+                                     extra_args={EXTRA_ARGS_KEY: r.encoded()} if r.active
+                                     else None) for r in resolved]
+            texts = [self.tok.apply_chat_template([{"role": "user", "content": p}],
+                                                  tokenize=False, add_generation_prompt=True)
+                     for p in chunk]
+            outs = self.llm.generate(texts, params, use_tqdm=False)
+            for p, r, o in zip(chunk, resolved, outs, strict=True):
+                errors = self.listener.pop_errors(r.wire.rid)
+                if errors:
+                    raise RuntimeError(f"control not applied: {errors}")
+                c = o.outputs[0]
+                out.append(Answer(p, c.text, list(c.token_ids), r.wire.rid, c.finish_reason))
+        return out
