@@ -30,8 +30,19 @@ class RefusalControl(BaseModel):
     layers: list[int] | None = Field(default=None, max_length=512)  # force only
 
 
+class HallucinationControl(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    probe: str = Field(min_length=1, max_length=128)
+    action: Literal["annotate", "abstain", "mitigate"] = "annotate"
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)  # default: calibrated
+    per_token: bool = False
+    scale: float | None = None  # mitigate: coefficient of the truth direction (default 1)
+
+
 class ControlSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steer: list[SteerEntry] = Field(default_factory=list, max_length=MAX_STEER_ENTRIES)
     refusal: RefusalControl | None = None
+    hallucination: HallucinationControl | None = None

@@ -15,6 +15,7 @@ from vsteer.artifacts import ArtifactStore, ModelFingerprint
 from vsteer.server.auth import OPERATOR, Principal
 from vsteer.server.control_protocol import ControlSpec
 from vsteer.server.errors import APIError, pydantic_errors_to_api_error
+from vsteer.server.hallucination_resolver import resolve_hallucination
 from vsteer.server.refusal_resolver import check_scale, load_artifact, resolve_refusal
 from vsteer.wire import MAX_STEER_ENTRIES, WireSpec, WireSteer, encode, steer_entry
 
@@ -26,7 +27,8 @@ class ResolvedControl:
 
     @property
     def active(self) -> bool:
-        return bool(self.wire.steer) or self.wire.decide is not None
+        w = self.wire
+        return bool(w.steer) or w.decide is not None or w.probe is not None
 
     @property
     def slot_keys(self) -> set[str]:
@@ -34,6 +36,8 @@ class ResolvedControl:
         keys = {e.key for e in self.wire.steer}
         if self.wire.decide is not None:
             keys |= {self.wire.decide.source_key, self.wire.decide.target_key}
+        if self.wire.probe is not None and self.wire.probe.target_key:
+            keys |= {self.wire.probe.source_key, self.wire.probe.target_key}
         return keys
 
     def encoded(self) -> str:
@@ -41,8 +45,13 @@ class ResolvedControl:
 
     def cache_salt(self) -> str:
         """Prefix-cache salt: steered KV blocks are never shared with other specs."""
-        # A decision's private slot key names the request: its KV is never shared.
-        body = encode(WireSpec(rid="", steer=self.wire.steer, decide=self.wire.decide)).encode()
+        # A decision's private slot key names the request: its KV is never shared. So
+        # does a probe that pools over the whole prompt (a cached prefix would never be
+        # seen by it) or may mitigate.
+        w = self.wire
+        rid = w.rid if w.probe is not None and (w.probe.target_key or self.applied[
+            "hallucination"]["pooling"] == "mean") else ""
+        body = encode(WireSpec(rid=rid, steer=w.steer, decide=w.decide, probe=w.probe)).encode()
         return "vsteer-" + hashlib.sha256(body).hexdigest()[:32]
 
 
@@ -91,10 +100,19 @@ class ControlResolver:
             steer += ref.steer
             decide = ref.decide
             applied["refusal"] = ref.applied
-        if len(steer) + (decide is not None) > MAX_STEER_ENTRIES:
+        probe = None
+        if spec.hallucination is not None:
+            rp = resolve_hallucination(spec.hallucination, rid, self.store, self.fingerprint,
+                                       who, bound)
+            probe = rp.wire
+            applied["hallucination"] = rp.applied
+        used = len(steer) + (decide is not None) + bool(probe is not None and probe.target_key)
+        if used > MAX_STEER_ENTRIES:
             raise APIError(400, f"control uses more than {MAX_STEER_ENTRIES} steering entries "
-                           "(steer entries plus one for refusal)", param="control")
-        return ResolvedControl(WireSpec(rid=rid, steer=steer, decide=decide), applied)
+                           "(steer entries, plus one for refusal, plus one for a mitigating "
+                           "probe)", param="control")
+        return ResolvedControl(WireSpec(rid=rid, steer=steer, decide=decide, probe=probe),
+                               applied)
 
     @staticmethod
     def _apply_tenant_defaults(raw: dict[str, Any], who: Principal) -> dict[str, Any]:

@@ -20,6 +20,13 @@ REFUSAL_SCORE = Histogram("vsteer_refusal_score", "Score of in-prefill refusal d
                           "(guard: cosine with the condition; controller: gate probability)",
                           ["mode"], buckets=(-0.2, -0.1, 0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5,
                                              0.7, 0.9, 1.0))
+HALLUCINATION_SCORE = Histogram("vsteer_hallucination_score", "Pre-decoding hallucination "
+                                "probe scores (probability the answer is wrong)", ["action"],
+                                buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+                                         0.95, 1.0))
+HALLUCINATION_ACTIONS = Counter("vsteer_hallucination_actions", "Hallucination probes run, by "
+                                "action and what was done (abstained, mitigated, none)",
+                                ["action", "taken"])
 ADMISSION_WAIT = Histogram("vsteer_slot_admission_wait_seconds",
                            "Time a request waited for free steering slots",
                            buckets=(0.001, 0.01, 0.1, 0.5, 1, 5, 30, 120))

@@ -24,7 +24,7 @@ class ResolvedRefusal:
 
 
 LABELS = {"vector": "steering vector", "direction": "refusal direction",
-          "controller": "refusal controller"}
+          "controller": "refusal controller", "probe": "hallucination probe"}
 
 
 def load_artifact(store: ArtifactStore, fp: ModelFingerprint, kind: str, name: str,

@@ -24,6 +24,9 @@ from vsteer.wire import EXTRA_ARGS_KEY
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 DECISION_WAIT_S = 2.0
+ABSTAIN_TEXT = ("I am not sure I know the answer to this, so I would rather not guess. "
+                "(vsteer: a hallucination probe flagged this question.)")
+ABSTAIN_FINISH = "content_filter"
 
 
 async def read_json_object(raw: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
@@ -62,7 +65,7 @@ class ControlledServing:
         try:
             body = await read_json_object(raw)
             resolved = self.resolver.resolve(body.pop("control", None), who)
-            wants_usage = self._force_stream_usage(body)
+            wants_usage = self._force_stream_usage(body, self._per_token(resolved))
             request = self._vllm_request(req_cls, body, resolved)
         except APIError as e:
             return e.response()
@@ -93,13 +96,21 @@ class ControlledServing:
             metrics.CONTROLLED_REQUESTS.labels("steer").inc()
         if "refusal" in resolved.applied:
             metrics.CONTROLLED_REQUESTS.labels("refusal").inc()
+        if "hallucination" in resolved.applied:
+            metrics.CONTROLLED_REQUESTS.labels("hallucination").inc()
         if isinstance(result, self.error_cls):
             release()
             return error_response(result.error.code, result.error.message, result.error.param)
         if not hasattr(result, "__aiter__"):
             release()
             data = result.model_dump()
-            data["control"] = await self._report(resolved)
+            probe = await self._probe_result(resolved)
+            if _abstained(probe):
+                for choice in data.get("choices") or []:
+                    _abstain_choice(choice)
+            usage = data.get("usage") or {}
+            data["control"] = await self._report(resolved, probe,
+                                                 usage.get("completion_tokens") or 0)
             self._count_usage(data.get("usage"))
             return JSONResponse(data)
         return StreamingResponse(self._stream(result, resolved, wants_usage, release),
@@ -125,14 +136,22 @@ class ControlledServing:
         return request
 
     @staticmethod
-    def _force_stream_usage(body: dict[str, Any]) -> bool:
+    def _per_token(resolved: ResolvedControl) -> bool:
+        return resolved.wire.probe is not None and resolved.wire.probe.per_token
+
+    @staticmethod
+    def _force_stream_usage(body: dict[str, Any], per_token: bool = False) -> bool:
         """Streams always ask vLLM for the usage chunk (tokens are counted from it); the
-        client only sees it if it asked. Returns whether the client asked."""
+        client only sees it if it asked. Per-token probe scores need the running token
+        count on every chunk (continuous usage), which is then stripped unless asked for.
+        Returns whether the client asked for usage."""
         opts = body.get("stream_options")
         if not body.get("stream") or not (opts is None or isinstance(opts, dict)):
             return False
         wants = bool((opts or {}).get("include_usage"))
         body["stream_options"] = {**(opts or {}), "include_usage": True}
+        if per_token:
+            body["stream_options"]["continuous_usage_stats"] = True
         return wants
 
     async def _cancellable(self, coro, raw: Request):
@@ -146,10 +165,21 @@ class ControlledServing:
         work.cancel()
         raise asyncio.CancelledError("client disconnected")
 
-    async def _report(self, resolved: ResolvedControl) -> dict[str, Any]:
+    async def _probe_result(self, resolved: ResolvedControl) -> dict[str, Any] | None:
+        """The worker's in-prefill probe score ({score, fired, action}), or None."""
+        if resolved.wire.probe is None:
+            return None
+        return await asyncio.to_thread(self.listener.wait_probe, resolved.wire.rid,
+                                       DECISION_WAIT_S)
+
+    async def _report(self, resolved: ResolvedControl, probe: dict[str, Any] | None = None,
+                      completion_tokens: int = 0) -> dict[str, Any]:
         report = dict(resolved.applied)
         if "refusal" in report:
             report["refusal"] = await self._refusal_report(resolved)
+        if "hallucination" in report:
+            report["hallucination"] = await self._probe_report(resolved, probe,
+                                                               completion_tokens)
         errors = self.listener.pop_errors(resolved.wire.rid) if resolved.active else []
         if errors:
             report["errors"] = errors
@@ -173,6 +203,25 @@ class ControlledServing:
             metrics.REFUSAL_DECISIONS.labels(mode, str(rep["triggered"]).lower()).inc()
         return rep
 
+    async def _probe_report(self, resolved: ResolvedControl, probe: dict[str, Any] | None,
+                            completion_tokens: int) -> dict[str, Any]:
+        """{probe, action, threshold, score, triggered, action_taken, [token_scores]}."""
+        rep: dict[str, Any] = {**resolved.applied["hallucination"], "score": None,
+                               "triggered": None, "action_taken": "none"}
+        action = rep["action"]
+        if probe is not None:
+            rep["score"], rep["triggered"] = float(probe["score"]), bool(probe["fired"])
+            metrics.HALLUCINATION_SCORE.labels(action).observe(rep["score"])
+            if rep["triggered"] and action in ("abstain", "mitigate"):
+                rep["action_taken"] = "abstained" if action == "abstain" else "mitigated"
+        metrics.HALLUCINATION_ACTIONS.labels(action, rep["action_taken"]).inc()
+        if rep["per_token"]:
+            rid = resolved.wire.rid
+            await asyncio.to_thread(self.listener.wait_token_scores, rid, completion_tokens,
+                                    DECISION_WAIT_S)
+            rep["token_scores"] = self.listener.pop_token_scores(rid)[:completion_tokens]
+        return rep
+
     def _count_usage(self, usage: dict[str, Any] | None) -> None:
         if usage:
             metrics.TOKENS.labels("prompt").inc(usage.get("prompt_tokens") or 0)
@@ -185,6 +234,15 @@ class ControlledServing:
         `choices` just before [DONE]. Nothing is held back, so no token is delayed."""
         last: dict[str, Any] | None = None
         usage_chunk: dict[str, Any] | None = None
+        wp = resolved.wire.probe
+        # Abstain: the probe's result exists before the first token is sampled; the
+        # first chunk with choices waits for it (no token is delayed by more than that).
+        abstain = wp is not None and wp.action == "abstain"
+        probe: dict[str, Any] | None = None
+        probe_fetched = False
+        per_token = self._per_token(resolved)
+        sent_scores = 0
+        completion_tokens = 0
         try:
             async for line in chunks:
                 if not line.startswith("data: "):
@@ -197,15 +255,39 @@ class ControlledServing:
                 last = data
                 if data.get("usage") and not data.get("choices"):
                     self._count_usage(data["usage"])
+                    completion_tokens = data["usage"].get("completion_tokens") or 0
                     if wants_usage:
                         usage_chunk = data  # sent last, with `control`
                     continue
-                yield line
+                if not (abstain or per_token):
+                    yield line
+                    continue
+                if abstain and not probe_fetched:
+                    probe, probe_fetched = await self._probe_result(resolved), True
+                if _abstained(probe):
+                    for choice in data["choices"]:
+                        if choice.get("finish_reason"):
+                            _abstain_choice(choice)
+                if per_token:
+                    usage = data.pop("usage", None) or {}
+                    if wants_usage and usage:
+                        data["usage"] = usage  # the client asked for usage stats
+                    n = usage.get("completion_tokens") or 0
+                    if n > sent_scores:
+                        scores = await asyncio.to_thread(
+                            self.listener.wait_token_scores, resolved.wire.rid, n,
+                            DECISION_WAIT_S)
+                        data["control"] = {"hallucination": {
+                            "token_scores": scores[sent_scores:n]}}
+                        sent_scores = n
+                yield f"data: {json.dumps(data)}\n\n"
             if last is not None:
                 final = usage_chunk or {k: last[k] for k in ("id", "object", "created", "model")
                                         if k in last}
                 final.setdefault("choices", [])
-                final["control"] = await self._report(resolved)
+                if not probe_fetched:
+                    probe = await self._probe_result(resolved)
+                final["control"] = await self._report(resolved, probe, completion_tokens)
                 yield f"data: {json.dumps(final)}\n\n"
             yield "data: [DONE]\n\n"
         finally:
@@ -213,3 +295,19 @@ class ControlledServing:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()  # abort the engine request now if the client left
+
+
+def _abstained(probe: dict[str, Any] | None) -> bool:
+    return probe is not None and probe["action"] == "abstain" and bool(probe["fired"])
+
+
+def _abstain_choice(choice: dict[str, Any]) -> None:
+    """An abstaining choice: the model generated nothing (its only token was its end);
+    say so in the text and mark it as filtered, as OpenAI does for withheld content."""
+    if isinstance(choice.get("message"), dict):
+        choice["message"]["content"] = ABSTAIN_TEXT
+    elif isinstance(choice.get("delta"), dict):
+        choice["delta"]["content"] = ABSTAIN_TEXT
+    else:
+        choice["text"] = ABSTAIN_TEXT
+    choice["finish_reason"] = ABSTAIN_FINISH

@@ -175,6 +175,26 @@ def refusal_artifacts(model_dir, artifacts, tmp_path_factory) -> dict:
     return out
 
 
+PROBE = "geo-probe"
+
+
+@pytest.fixture(scope="session")
+def probe_artifacts(model_dir, artifacts, tmp_path_factory) -> dict:
+    """A hallucination probe `geo-probe` (with a per-token probe), made by the real CLI:
+    `probe dataset` on 200 questions spread over the geography set, then `probe train`.
+    Returns the train summary plus the dataset's path."""
+    tmp = tmp_path_factory.mktemp("probe-data")
+    data = tmp / "qa.jsonl"
+    cli = [sys.executable, "-m", "vsteer.cli", "probe"]
+    for cmd in (["dataset", "--model", str(model_dir), "--out", str(data), "--limit", "200"],
+                ["train", "--model", str(model_dir), "--data", str(data), "--name", PROBE,
+                 "--artifacts", str(artifacts), "--report", str(tmp / "report")]):
+        proc = subprocess.run([*cli, *cmd], capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    return {**summary, "data": data}
+
+
 @pytest.fixture(scope="session")
 def policy_file(tmp_path_factory) -> Path:
     import yaml
@@ -185,8 +205,8 @@ def policy_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(model_dir, artifacts, demo_vector, random_vectors, refusal_artifacts, policy_file,
-           tmp_path_factory):
+def server(model_dir, artifacts, demo_vector, random_vectors, refusal_artifacts,
+           probe_artifacts, policy_file, tmp_path_factory):
     """`vsteer serve` as a real separate process (its engine core runs in another)."""
     import httpx
 

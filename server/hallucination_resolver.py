@@ -1,0 +1,54 @@
+"""Resolve `control.hallucination` into the probe the worker runs in prefill. Every
+failure is an APIError raised before the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vsteer.artifacts import ArtifactStore, ModelFingerprint
+from vsteer.server.auth import Principal
+from vsteer.server.control_protocol import HallucinationControl
+from vsteer.server.errors import APIError
+from vsteer.server.refusal_resolver import check_scale, load_artifact
+from vsteer.wire import WireProbe, slot_key
+
+P = "control.hallucination"
+
+
+@dataclass
+class ResolvedProbe:
+    wire: WireProbe
+    applied: dict[str, Any]
+
+
+def resolve_hallucination(h: HallucinationControl, rid: str, store: ArtifactStore,
+                          fp: ModelFingerprint, who: Principal, max_abs_scale: float
+                          ) -> ResolvedProbe:
+    stored = load_artifact(store, fp, "probe", h.probe, f"{P}.probe", who)
+    p = stored.value
+    if h.per_token and not p.has_token_probe:
+        raise APIError(400, f"probe {h.probe!r} has no per-token probe (retrain it with "
+                       "`vsteer probe train`)", param=f"{P}.per_token")
+    if h.scale is not None and h.action != "mitigate":
+        raise APIError(400, f"{P}.scale only applies to action 'mitigate'", param=f"{P}.scale")
+    scale = check_scale(1.0 if h.scale is None else h.scale, max_abs_scale, f"{P}.scale")
+    threshold = p.threshold if h.threshold is None else h.threshold
+    source = target = ""
+    layers: list[int] = []
+    if h.action == "mitigate":
+        layers = list(p.mitigate_layers)
+        if not layers:
+            raise APIError(400, f"probe {h.probe!r} has no layer after its probe layer to "
+                           "mitigate at", param=f"{P}.action")
+        source = slot_key(f"{h.probe}#truth", stored.sha256, layers)
+        target = f"probe:{rid}"
+    wire = WireProbe(path=str(stored.path), sha256=stored.sha256, action=h.action,
+                     threshold=threshold, per_token=h.per_token, source_key=source,
+                     target_key=target, mitigate_layers=layers, scale=scale)
+    applied: dict[str, Any] = {"probe": h.probe, "action": h.action, "threshold": threshold,
+                               "per_token": h.per_token, "layer": p.layer,
+                               "pooling": p.pooling}
+    if h.action == "mitigate":
+        applied["scale"] = scale
+    return ResolvedProbe(wire, applied)
