@@ -41,7 +41,6 @@ class ProbeRun:
     done: bool = False
     score: float | None = None
     fired: bool = False
-    reported: bool = False
 
     @property
     def layer(self) -> int:
