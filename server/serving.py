@@ -65,6 +65,7 @@ class ControlledServing:
         try:
             body = await read_json_object(raw)
             resolved = self.resolver.resolve(body.pop("control", None), who)
+            self._check_abstain(body, resolved)
             wants_usage = self._force_stream_usage(body, self._per_token(resolved))
             request = self._vllm_request(req_cls, body, resolved)
         except APIError as e:
@@ -134,6 +135,17 @@ class ControlledServing:
                     f"{request.cache_salt}|{salt}".encode()).hexdigest()[:32]
             request.cache_salt = salt
         return request
+
+    @staticmethod
+    def _check_abstain(body: dict[str, Any], resolved: ResolvedControl) -> None:
+        """Abstaining means sampling the end token first; vLLM would not stop there."""
+        wp = resolved.wire.probe
+        if wp is None or wp.action != "abstain":
+            return
+        if body.get("ignore_eos") or (body.get("min_tokens") or 0) > 0:
+            raise APIError(400, "control.hallucination.action 'abstain' cannot be combined "
+                           "with ignore_eos or min_tokens > 0",
+                           param="control.hallucination.action")
 
     @staticmethod
     def _per_token(resolved: ResolvedControl) -> bool:

@@ -1,4 +1,5 @@
-"""The GPU benchmarks also run (small, on CPU) so they cannot rot between GPU sessions."""
+"""The benchmarks also run (small, on CPU) so they cannot rot between the sessions that
+record their results (the GPU ones need a GPU session)."""
 
 import subprocess
 import sys
@@ -22,3 +23,11 @@ def test_kernels_benchmark_runs():
 def test_decode_overhead_benchmark_runs():
     text = _run(str(BENCH / "decode_overhead.py"), "--tiny")
     assert "ratio" in text and "steer backend torch-cpu" in text
+
+
+def test_probe_ttft_benchmark_runs(model_dir, artifacts, probe_artifacts):
+    from conftest import PROBE
+
+    text = _run(str(BENCH / "probe_ttft.py"), "--model", str(model_dir), "--artifacts",
+                str(artifacts), "--probe", PROBE, "--repeats", "2", "--batch", "4")
+    assert "on/off ratio" in text

@@ -181,6 +181,13 @@ def test_bad_probe_requests_fail_before_the_engine(server, bad_probes, control, 
     assert server.metric("vsteer_controlled_requests_total") == before  # nothing enqueued
 
 
+@pytest.mark.parametrize("extra", [{"min_tokens": 4}, {"ignore_eos": True}])
+def test_abstain_refuses_sampling_that_would_not_stop(server, extra):
+    r = post(server, body_for(PROMPTS[0], hallu(action="abstain"), **extra))
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "control.hallucination.action"
+
+
 def test_tenant_may_only_use_allowed_probes(server):
     r = post(server, body_for(PROMPTS[0], hallu()), key=TENANT_KEY)
     assert r.status_code == 403 and r.json()["error"]["code"] == "artifact_not_allowed"
