@@ -40,9 +40,10 @@ def main() -> None:
     from timing import device_name
     from vllm import SamplingParams
 
+    from vsteer.chat import chat_text
     from vsteer.eval_engine import EvalEngine
     from vsteer.model import resolve_model
-    from vsteer.probe.dataset import chat_texts, prompt_for
+    from vsteer.probe.dataset import prompt_for
     from vsteer.probe.questions import build_questions
     from vsteer.wire import EXTRA_ARGS_KEY
 
@@ -66,8 +67,8 @@ def main() -> None:
         return time.perf_counter() - t0
 
     try:
-        batches = [chat_texts(ev.tok, [prompt_for(q) for q in
-                                       questions[i * args.batch:(i + 1) * args.batch]])
+        batches = [[chat_text(ev.tok, prompt_for(q))
+                    for q in questions[i * args.batch:(i + 1) * args.batch]]
                    for i in range(args.repeats + 1)]
         run(batches[0], True)  # warm-up: loads the probe, touches both paths
         run(batches[0], False)

@@ -9,6 +9,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from vsteer.chat import chat_text
 from vsteer.engine_config import vsteer_additional_config
 from vsteer.offline_engine import OfflineEngine
 
@@ -52,9 +53,7 @@ class EvalEngine(OfflineEngine):
             params = [SamplingParams(max_tokens=max_tokens, temperature=0.0,
                                      extra_args={EXTRA_ARGS_KEY: r.encoded()} if r.active
                                      else None) for r in resolved]
-            texts = [self.tok.apply_chat_template([{"role": "user", "content": p}],
-                                                  tokenize=False, add_generation_prompt=True)
-                     for p in chunk]
+            texts = [chat_text(self.tok, p) for p in chunk]
             outs = self.llm.generate(texts, params, use_tqdm=False)
             for p, r, o in zip(chunk, resolved, outs, strict=True):
                 errors = self.listener.pop_errors(r.wire.rid)

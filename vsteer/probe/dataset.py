@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vsteer.chat import chat_text
 from vsteer.probe.match import is_correct
 
 INSTRUCTION = " Answer in a few words."
@@ -40,11 +41,6 @@ def load_questions(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def chat_texts(tok, prompts: list[str]) -> list[str]:
-    return [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                    add_generation_prompt=True) for p in prompts]
-
-
 def answer_questions(model: str, questions: list[dict[str, Any]], dtype: str = "float32",
                      max_tokens: int = MAX_TOKENS) -> list[dict[str, Any]]:
     """Greedy answers through the engine (no controls), labelled."""
@@ -56,7 +52,8 @@ def answer_questions(model: str, questions: list[dict[str, Any]], dtype: str = "
     engine = OfflineEngine(model, vsteer_additional_config(), dtype=dtype, max_model_len=512)
     try:
         prompts = [prompt_for(q["question"]) for q in questions]
-        outs = engine.llm.generate(chat_texts(engine.llm.get_tokenizer(), prompts),
+        tok = engine.llm.get_tokenizer()
+        outs = engine.llm.generate([chat_text(tok, p) for p in prompts],
                                    SamplingParams(max_tokens=max_tokens, temperature=0.0),
                                    use_tqdm=True)
     finally:

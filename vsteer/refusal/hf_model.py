@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from vsteer.chat import chat_text
+
 Edit = Callable[[int, torch.Tensor], torch.Tensor]  # (layer, stream [B, T, H]) -> stream
 
 
@@ -36,8 +38,7 @@ class HFModel:
         self.post_instruction = self._post_instruction_count()
 
     def chat_text(self, prompt: str) -> str:
-        return self.tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                            tokenize=False, add_generation_prompt=True)
+        return chat_text(self.tok, prompt)
 
     def _post_instruction_count(self) -> int:
         """Template tokens after the user's text (e.g. `<|im_end|>\\n<|im_start|>assistant\\n`)."""
