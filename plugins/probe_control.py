@@ -19,6 +19,7 @@ between two layers and is not CUDA-graph safe.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -51,11 +52,19 @@ class ProbeRun:
         return self.probe.token_layer
 
 
-def load_probe_run(w: WireProbe, device: torch.device) -> ProbeRun:
-    p = HallucinationProbe.from_safetensors_bytes(read_verified(w.path, w.sha256))
+@functools.lru_cache(maxsize=16)
+def _load_probe(path: str, sha256: str, device: str
+                ) -> tuple[HallucinationProbe, dict[str, torch.Tensor], torch.Tensor | None]:
+    """A probe's content is fixed by its hash: read, verify and parse it once, not once
+    per request (requests only read these tensors)."""
+    p = HallucinationProbe.from_safetensors_bytes(read_verified(path, sha256))
     weight = {k: torch.from_numpy(v).to(device) for k, v in p.tensors.items()}
     tw = torch.from_numpy(p.token_weight).to(device) if p.token_weight is not None else None
-    return ProbeRun(w, p, weight, tw)
+    return p, weight, tw
+
+
+def load_probe_run(w: WireProbe, device: torch.device) -> ProbeRun:
+    return ProbeRun(w, *_load_probe(w.path, w.sha256, str(device)))
 
 
 class ProbeScorer:
@@ -76,20 +85,24 @@ class ProbeScorer:
         """Feed prompt rows a..b of this step; score when `final`. Returns whether the
         probe was scored now."""
         p = run.probe
-        rows_h = hidden[a:b]  # [n, H]
-        rows_r = residual[a:b] if residual is not None else None
+        mean = p.pooling == "mean"
+        if not (final or mean):
+            return False  # last-token pooling: earlier chunks hold nothing it needs
         if final and run.acc is None and p.probe_type == "linear":
-            run.score = self._op(rows_h, rows_r, run.weight["weight"], p.bias,
-                                 POOL_MEAN if p.pooling == "mean" else POOL_LAST)
+            run.score = self._op(hidden[a:b], residual[a:b] if residual is not None else None,
+                                 run.weight["weight"], p.bias, POOL_MEAN if mean else POOL_LAST)
         else:
-            x = rows_h.float() if rows_r is None else rows_h.float() + rows_r.float()  # [n, H]
-            if p.pooling == "mean":
+            lo = a if mean else b - 1
+            x = hidden[lo:b].float()  # [n, H] (n = 1 for last-token pooling)
+            if residual is not None:
+                x = x + residual[lo:b].float()
+            if mean:
                 part = x.sum(dim=0)
                 run.acc = part if run.acc is None else run.acc + part
                 run.acc_n += x.shape[0]
-            if not final:
-                return False
-            v = run.acc / run.acc_n if p.pooling == "mean" else x[-1]  # [H]
+                if not final:
+                    return False
+            v = run.acc / run.acc_n if mean else x[-1]  # [H]
             run.score = self._pooled_score(run, v)
         run.done = True
         run.fired = run.score >= run.wire.threshold
