@@ -45,13 +45,13 @@ class ResolvedControl:
 
     def cache_salt(self) -> str:
         """Prefix-cache salt: steered KV blocks are never shared with other specs."""
-        # A decision's private slot key names the request: its KV is never shared. So
-        # does a probe that pools over the whole prompt (a cached prefix would never be
-        # seen by it) or may mitigate.
+        # A private slot key (refusal decision, mitigating probe) names the request, so
+        # its KV is never shared. A mean-pooled probe must see every prompt token, so it
+        # must not start from a cached prefix either: its salt names the request too.
         w = self.wire
-        rid = w.rid if w.probe is not None and (w.probe.target_key or self.applied[
-            "hallucination"]["pooling"] == "mean") else ""
-        body = encode(WireSpec(rid=rid, steer=w.steer, decide=w.decide, probe=w.probe)).encode()
+        mean_probe = w.probe is not None and self.applied["hallucination"]["pooling"] == "mean"
+        body = encode(WireSpec(rid=w.rid if mean_probe else "", steer=w.steer, decide=w.decide,
+                               probe=w.probe)).encode()
         return "vsteer-" + hashlib.sha256(body).hexdigest()[:32]
 
 
