@@ -68,6 +68,7 @@ class ChannelListener:
         self.decisions: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.probes: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.token_scores: OrderedDict[str, list[float]] = OrderedDict()
+        self.exit_tokens: OrderedDict[str, list[list[int]]] = OrderedDict()  # [layer, agree]
         self._max_errors = max_errors
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -106,12 +107,18 @@ class ChannelListener:
             elif kind == "probe":
                 self._keep(self.probes, msg["rid"], msg)
             elif kind == "token_scores":
-                for rid, scores in msg["scores"].items():
-                    if rid in self.token_scores:
-                        self.token_scores[rid].extend(scores)
-                    else:
-                        self._keep(self.token_scores, rid, list(scores))
+                self._extend(self.token_scores, msg["scores"])
+            elif kind == "exit_tokens":
+                self._extend(self.exit_tokens, msg["tokens"])
             self._cond.notify_all()
+
+    def _extend(self, table: OrderedDict, per_rid: dict[str, list[Any]]) -> None:
+        """Append this step's per-token records of each request."""
+        for rid, items in per_rid.items():
+            if rid in table:
+                table[rid].extend(items)
+            else:
+                self._keep(table, rid, list(items))
 
     def _keep(self, table: OrderedDict, rid: str, value: Any) -> None:
         """Results nobody collects (a client that left) age out, oldest first."""
@@ -154,18 +161,30 @@ class ChannelListener:
     def wait_token_scores(self, rid: str, count: int, timeout: float) -> list[float]:
         """The first `count` per-token scores of `rid` (fewer if they do not arrive in
         time); they stay for the next call, until `pop_token_scores`."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self.token_scores.get(rid, ())) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            return list(self.token_scores.get(rid, ())[:count])
+        return self._wait_count(self.token_scores, rid, count, timeout)
 
     def pop_token_scores(self, rid: str) -> list[float]:
         with self._cond:
             return self.token_scores.pop(rid, [])
+
+    def wait_exit_tokens(self, rid: str, count: int, timeout: float) -> list[list[int]]:
+        """The [exit layer, agreement] records of `rid`'s first `count` tokens (fewer if
+        they do not arrive in time), removed from the table."""
+        out = self._wait_count(self.exit_tokens, rid, count, timeout)
+        with self._cond:
+            self.exit_tokens.pop(rid, None)
+        return out
+
+    def _wait_count(self, table: OrderedDict, rid: str, count: int, timeout: float
+                    ) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(table.get(rid, ())) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return list(table.get(rid, ())[:count])
 
     def wait_captures(self, rids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
         deadline = time.monotonic() + timeout

@@ -56,6 +56,8 @@ def _on_loaded(runner) -> None:
     from vsteer.plugins.runtime import ControlRuntime
 
     _RUNTIME = ControlRuntime(shape, WorkerChannel())
+    _RUNTIME.attach_model(runner.get_model(), site.layer_class, site.kv_fill)
+    _RUNTIME.announce()
     log.info("vsteer runtime ready: %d layers hooked, %d slots, backend %s, %s mode",
              hooked, _RUNTIME.slots.num_slots, _RUNTIME.backend,
              "eager" if shape.eager else "compiled")

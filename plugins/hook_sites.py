@@ -15,6 +15,9 @@ class HookSite:
     module: str  # vLLM module defining the decoder layer
     layer_class: str
     layers_attr: str = "model.layers"  # where the layer list lives on the causal-LM model
+    # early exit can write a skipped layer's K/V (vllm_compat.fill_kv_from_stream):
+    # Llama-style attention (qkv_proj, rotary_emb, attn) with no q/k norms
+    kv_fill: bool = True
 
 
 _LLAMA = HookSite("vllm.model_executor.models.llama", "LlamaDecoderLayer")
@@ -23,7 +26,8 @@ HOOK_SITES: dict[str, HookSite] = {
     "LlamaForCausalLM": _LLAMA,
     "MistralForCausalLM": _LLAMA,
     "Qwen2ForCausalLM": HookSite("vllm.model_executor.models.qwen2", "Qwen2DecoderLayer"),
-    "Qwen3ForCausalLM": HookSite("vllm.model_executor.models.qwen3", "Qwen3DecoderLayer"),
+    "Qwen3ForCausalLM": HookSite("vllm.model_executor.models.qwen3", "Qwen3DecoderLayer",
+                                 kv_fill=False),  # q_norm / k_norm before rotary
 }
 
 

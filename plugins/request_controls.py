@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from vsteer.kernels.steer_reference import OP_CODES
 from vsteer.plugins.decision import Decision
+from vsteer.plugins.early_exit import ExitRun
 from vsteer.plugins.probe_control import ProbeRun
 from vsteer.wire import WireSpec
 
@@ -23,6 +24,7 @@ class RequestControls:
     generated_row: int = -1
     decision: Decision | None = None  # guard / controller, decided in prefill
     probe: ProbeRun | None = None  # hallucination probe, scored in prefill (and per token)
+    exit: ExitRun | None = None  # early exit, at each row that samples a token
 
     def add_entry(self, key: str, slot: int, scale: float, op: str, positions: str) -> None:
         entry = (slot, scale, OP_CODES[op])

@@ -1,6 +1,6 @@
 """The control runtime inside a vLLM worker: per step, map tokens to control rows;
 per layer, run the steering op, then any host-side jobs due at that layer (refusal
-decisions, hallucination probes), and capture for offline tooling."""
+decisions, hallucination probes, early-exit checks), and capture for offline tooling."""
 
 from __future__ import annotations
 
@@ -29,11 +29,19 @@ from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.capture import CaptureCollector
 from vsteer.plugins.channel import WorkerChannel
 from vsteer.plugins.decision import decide, load_decision, write_force
+from vsteer.plugins.early_exit import UNKNOWN, ExitGroup, ExitRun
 from vsteer.plugins.probe_control import ProbeScorer, load_probe_run
 from vsteer.plugins.request_controls import RequestControls
 from vsteer.plugins.slot_table import SlotTable
 from vsteer.plugins.token_plan import TokenPlan
-from vsteer.wire import EXTRA_ARGS_KEY, MAX_STEER_ENTRIES, WireDecide, WireProbe, decode
+from vsteer.wire import (
+    EXTRA_ARGS_KEY,
+    MAX_STEER_ENTRIES,
+    WireDecide,
+    WireExit,
+    WireProbe,
+    decode,
+)
 
 log = logging.getLogger("vsteer.runtime")
 STATS_INTERVAL_S = 0.5
@@ -65,6 +73,10 @@ class ControlRuntime:
         self.probed: list[RequestControls] = []  # probes scored in this step
         self.token_scores: dict[str, list[float]] = {}  # this step's per-token scores
         self.abstained: set[str] = set()  # rids whose sampler may only end (abstain.py)
+        self.exit_groups: list[ExitGroup] = []  # this step's early-exit rows
+        self.skip_after: int | None = None  # this step exited after this layer
+        self.lens: Callable[[torch.Tensor], torch.Tensor] | None = None  # x -> token
+        self.can_skip = False  # layer skipping installed (eager, attach_model)
         self.probe_scorer = ProbeScorer(shape.device)
         self._decide_handle = register_decider(self._decide)
         self.steered_tokens = 0
@@ -75,10 +87,23 @@ class ControlRuntime:
         self.backend = steer.name
         self.backends = {op: backend(op, shape.device).name for op in OPS}
         self._steer_kernel = steer.fn  # eager mode calls it directly, skipping the dispatcher
-        channel.send({"type": "hello", "pid": os.getpid(), "rank": shape.tp_rank,
-                      "fingerprint": self.fingerprint.to_dict(), "backend": self.backend,
-                      "backends": self.backends,
-                      "slots": self.slots.num_slots, "eager": self.eager})
+
+    def attach_model(self, model, layer_class: str, kv_fill: bool) -> None:
+        """Early exit needs the model's head (observe) and, in eager mode, a skip test
+        on each decoder layer (exit)."""
+        self.lens = compat.lens_argmax(model)
+        if self.eager and kv_fill:
+            self.can_skip = compat.install_layer_skip(model, layer_class, self.skips) > 0
+
+    def announce(self) -> None:
+        """Tell the server this worker is ready, and what it can do."""
+        self.channel.send({"type": "hello", "pid": os.getpid(), "rank": self.shape.tp_rank,
+                           "fingerprint": self.fingerprint.to_dict(), "backend": self.backend,
+                           "backends": self.backends, "slots": self.slots.num_slots,
+                           "eager": self.eager, "layer_skip": self.can_skip})
+
+    def skips(self, layer: int) -> bool:
+        return self.skip_after is not None and layer > self.skip_after
 
     # -- per layer (inside the forward pass; traced once in compiled mode) -------------
     def on_layer(self, layer: int, hidden: torch.Tensor, residual: torch.Tensor) -> None:
@@ -149,6 +174,65 @@ class ControlRuntime:
         self.token_scores.setdefault(rc.spec.rid, []).append(score)
         return False
 
+    def _exit_job(self, group: ExitGroup, layer: int, hidden: torch.Tensor,
+                  residual: torch.Tensor | None) -> bool:
+        x = hidden[group.rows].float()  # [n, H]
+        if residual is not None:
+            x = x + residual[group.rows].float()
+        if group.check(layer, x):
+            self.skip_after = layer
+        return False
+
+    def _lens_job(self, group: ExitGroup, hidden: torch.Tensor,
+                  residual: torch.Tensor | None) -> bool:
+        """Observe: does the token read at each row's exit layer equal the full model's?"""
+        idx = [i for i, la in enumerate(group.exit_layer) if la >= 0]
+        if not idx or self.lens is None:
+            return False
+        rows = group.rows[idx]
+        full = hidden[rows].float() + (residual[rows].float() if residual is not None else 0)
+        toks = self.lens(torch.cat([torch.stack([group.stash[i] for i in idx]), full]))
+        n = len(idx)
+        for j, i in enumerate(idx):
+            group.agree[i] = int(toks[j].item() == toks[n + j].item())
+        return False
+
+    def _plan_exit(self, rows: list[tuple[RequestControls, int]], whole_step: bool) -> None:
+        """Group this step's early-exit sampling rows by predictor and schedule their
+        checks. The step may skip layers only if every row in it is a decode token of
+        an exit-mode request (`whole_step`) sharing one predictor."""
+        by_model: dict[int, list[tuple[RequestControls, int]]] = {}
+        for rc, row in rows:
+            by_model.setdefault(id(rc.exit.model), []).append((rc, row))
+        may_skip = self.can_skip and whole_step and len(by_model) == 1
+        dev = self.shape.device
+        for members in by_model.values():
+            runs = [rc.exit for rc, _ in members]
+            g = ExitGroup(
+                runs[0].model, [rc.spec.rid for rc, _ in members],
+                torch.tensor([row for _, row in members], dtype=torch.long, device=dev),
+                torch.tensor([r.logit_thresholds for r in runs], dtype=torch.float32,
+                             device=dev),
+                torch.tensor([r.wire.mode == "observe" for r in runs]), may_skip)
+            self.exit_groups.append(g)
+            for la in g.layers:
+                self._due(la, partial(self._exit_job, g, la))
+            if any(r.wire.mode == "observe" for r in runs):
+                self._due(self.shape.num_layers - 1, partial(self._lens_job, g))
+
+    def _send_exit_records(self) -> None:
+        last = self.shape.num_layers - 1
+        records: dict[str, list[list[int]]] = {}
+        for g in self.exit_groups:
+            for i, rid in enumerate(g.rids):
+                la = g.exit_layer[i]
+                records.setdefault(rid, []).append(
+                    [la if la >= 0 else last, g.agree[i] if la >= 0 else UNKNOWN])
+        self.exit_groups.clear()
+        self.skip_after = None
+        if records and self.shape.tp_rank == 0:
+            self.channel.send({"type": "exit_tokens", "tokens": records})
+
     def _due(self, layer: int, job: Job) -> None:
         self.pending.setdefault(layer, []).append(job)
 
@@ -160,11 +244,20 @@ class ControlRuntime:
         plan = self.plan
         plan.begin(num_tokens)
         qs, pos0 = view.query_start, view.start_pos
+        exit_rows: list[tuple[RequestControls, int]] = []
+        whole_step = True  # every row is a decode token of an exit-mode request
         for i, rid in enumerate(view.req_ids):
             rc = self._controls(runner, rid)
             if rc is None:
+                whole_step = False
                 continue
             a, b, p = int(qs[i]), int(qs[i + 1]), int(pos0[i])
+            er = rc.exit
+            if er is not None and p + (b - a) >= rc.num_prompt_tokens:
+                exit_rows.append((rc, b - 1))  # the row that samples its next token
+            if er is None or er.wire.mode != "exit" or b - a != 1 \
+                    or p < rc.num_prompt_tokens:
+                whole_step = False
             split = a + min(max(rc.num_prompt_tokens - p, 0), b - a)
             if split > a and rc.prompt_entries:
                 if rc.prompt_row < 0:
@@ -190,6 +283,8 @@ class ControlRuntime:
             if self.capture is not None and rc.spec.capture is not None:
                 self.capture.plan(rc.spec.rid, rc.spec.capture.layers, rc.num_prompt_tokens,
                                   a, split, p)
+        if exit_rows:
+            self._plan_exit(exit_rows, whole_step)
         plan.commit(num_tokens)
         self.steered_tokens += plan.num_active
         self.steps += 1
@@ -210,6 +305,8 @@ class ControlRuntime:
             self.channel.send({"type": "probe", "rid": rc.spec.rid, "score": run.score,
                                "fired": run.fired, "action": run.wire.action})
         self.probed.clear()
+        if self.exit_groups:
+            self._send_exit_records()
         if self.token_scores:
             if self.shape.tp_rank == 0:  # every rank scores; one reports (lists append)
                 self.channel.send({"type": "token_scores", "scores": self.token_scores})
@@ -286,6 +383,8 @@ class ControlRuntime:
                 self._setup_decision(rc, spec.decide, pinned)
             if spec.probe is not None:
                 self._setup_probe(rc, spec.probe, pinned)
+            if spec.early_exit is not None:
+                self._setup_exit(rc, spec.early_exit)
         self.requests[rid] = rc
         return rc
 
@@ -329,6 +428,21 @@ class ControlRuntime:
         if w.action == "mitigate":
             rc.keys.append(w.source_key)
             rc.add_entry(w.target_key, run.target_slot, 1.0, "add", "all")
+
+    def _setup_exit(self, rc: RequestControls, w: WireExit) -> None:
+        try:
+            run = ExitRun.load(w, self.shape.device)
+            if (why := run.model.predictor.fingerprint.mismatch(self.fingerprint)) is not None:
+                raise ArtifactError(why)
+            if w.mode == "exit" and not self.can_skip:
+                raise ArtifactError("layer skipping needs an eager engine (--enforce-eager) "
+                                    "and a model whose K/V vsteer can fill")
+        except (ArtifactError, OSError, ValueError) as err:
+            msg = f"early exit not applied: {err}"
+            log.error(msg)
+            self.channel.send({"type": "error", "rid": rc.spec.rid, "message": msg})
+            return
+        rc.exit = run
 
     def _load(self, e) -> dict[int, np.ndarray]:
         return self._load_artifact(e.path, e.sha256, e.part, e.layers)

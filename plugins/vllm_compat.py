@@ -75,12 +75,60 @@ def patch_decoder_layer(cls: type, hook: LayerHook) -> None:
 
     @functools.wraps(orig_forward)
     def forward(self, positions, hidden_states, residual, *args, **kwargs):
+        skip = self._vsteer_skip  # None unless an eager runtime installed it
+        if skip is not None and residual is not None and skip(self._vsteer_layer):
+            fill_kv_from_stream(self, positions, hidden_states + residual)
+            return hidden_states, residual
         hidden, res = orig_forward(self, positions, hidden_states, residual, *args, **kwargs)
         hook(self._vsteer_layer, hidden, res)
         return hidden, res
 
     cls.__init__, cls.forward = __init__, forward
+    cls._vsteer_skip = None
     cls._vsteer_patched = True
+
+
+def install_layer_skip(model: Any, layer_class: str, skip: Callable[[int], bool]) -> int:
+    """Give each decoder layer of `model` the `skip(layer) -> bool` test of an eager
+    runtime (never in compiled mode: a traced graph would not see it change). A skipped
+    layer only writes its K/V (fill_kv_from_stream) and passes the stream through.
+    Returns the number of layers that got it."""
+    n = 0
+    for m in model.modules():
+        if type(m).__name__ == layer_class and hasattr(m, "_vsteer_layer"):
+            m._vsteer_skip = skip
+            n += 1
+    return n
+
+
+def fill_kv_from_stream(layer: Any, positions: torch.Tensor, stream: torch.Tensor) -> None:
+    """Write `layer`'s K/V cache entries for this step's tokens as if its input stream
+    were `stream` ([T, H]): input norm -> qkv projection -> rotary -> cache write.
+    Attention itself, the output projection and the MLP are not computed (Llama-style
+    attention: `qkv_proj`, `q_size`, `kv_size`, `rotary_emb`, `attn`)."""
+    attn = layer.self_attn
+    qkv, _ = attn.qkv_proj(layer.input_layernorm(stream))
+    q, k, v = qkv.split([attn.q_size, attn.kv_size, attn.kv_size], dim=-1)
+    q, k = attn.rotary_emb(positions, q, k)
+    a = attn.attn
+    if a.attn_backend.forward_includes_kv_cache_update:
+        a(q, k, v)  # this backend writes the cache inside attention; the output is unused
+        return
+    from vllm.model_executor.layers.attention.attention import unified_kv_cache_update
+
+    unified_kv_cache_update(k.view(-1, a.num_kv_heads, a.head_size),
+                            v.view(-1, a.num_kv_heads, a.head_size_v), a.layer_name)
+
+
+def lens_argmax(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x [n, H] (a residual stream) -> the token the model's own head picks from it
+    (final norm + LM head + vLLM's logits processing), [n] int64."""
+
+    def head(x: torch.Tensor) -> torch.Tensor:
+        normed = model.model.norm(x.to(model.lm_head.weight.dtype))
+        return model.compute_logits(normed).argmax(dim=-1)
+
+    return head
 
 
 # -- model runner -----------------------------------------------------------------------

@@ -77,7 +77,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 await compat.init_serving_state(engine, app.state, cfg.vllm_args)
                 store = ArtifactStore(cfg.artifacts)
                 admission = SlotAdmission(cfg.max_steer_slots)
-                resolver = ControlResolver(store, fingerprint, cfg.max_abs_scale)
+                resolver = ControlResolver(store, fingerprint, cfg.max_abs_scale,
+                                           bool(hello.get("layer_skip")))
                 app.state.vsteer = VsteerState(
                     Auth(cfg.api_keys, cfg.admin_key, policy), store, fingerprint,
                     ControlledServing(app.state, resolver, admission, listener), engine)

@@ -40,9 +40,19 @@ class HallucinationControl(BaseModel):
     scale: float | None = None  # mitigate: coefficient of the truth direction (default 1)
 
 
+class EarlyExitControl(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    mode: Literal["off", "observe", "exit"] = "observe"
+    predictor: str | None = Field(default=None, min_length=1, max_length=128)
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)  # one, every layer
+    target_agreement: float | None = Field(default=None, gt=0.0, le=1.0)  # calibrated
+
+
 class ControlSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steer: list[SteerEntry] = Field(default_factory=list, max_length=MAX_STEER_ENTRIES)
     refusal: RefusalControl | None = None
     hallucination: HallucinationControl | None = None
+    early_exit: EarlyExitControl | None = None

@@ -15,6 +15,7 @@ from vsteer.artifacts import ArtifactStore, ModelFingerprint
 from vsteer.server.auth import OPERATOR, Principal
 from vsteer.server.control_protocol import ControlSpec
 from vsteer.server.errors import APIError, pydantic_errors_to_api_error
+from vsteer.server.exit_resolver import resolve_early_exit
 from vsteer.server.hallucination_resolver import resolve_hallucination
 from vsteer.server.refusal_resolver import check_scale, load_artifact, resolve_refusal
 from vsteer.wire import MAX_STEER_ENTRIES, WireSpec, WireSteer, encode, steer_entry
@@ -28,7 +29,8 @@ class ResolvedControl:
     @property
     def active(self) -> bool:
         w = self.wire
-        return bool(w.steer) or w.decide is not None or w.probe is not None
+        return (bool(w.steer) or w.decide is not None or w.probe is not None
+                or w.early_exit is not None)
 
     @property
     def slot_keys(self) -> set[str]:
@@ -48,19 +50,23 @@ class ResolvedControl:
         # A private slot key (refusal decision, mitigating probe) names the request, so
         # its KV is never shared. A mean-pooled probe must see every prompt token, so it
         # must not start from a cached prefix either: its salt names the request too.
+        # Exit mode writes skipped layers' K/V from exit states, depending on what else
+        # was in each step's batch: its blocks are never shared. Observe changes nothing.
         w = self.wire
         mean_probe = w.probe is not None and self.applied["hallucination"]["pooling"] == "mean"
-        body = encode(WireSpec(rid=w.rid if mean_probe else "", steer=w.steer, decide=w.decide,
-                               probe=w.probe)).encode()
+        exits = w.early_exit is not None and w.early_exit.mode == "exit"
+        body = encode(WireSpec(rid=w.rid if mean_probe or exits else "", steer=w.steer,
+                               decide=w.decide, probe=w.probe)).encode()
         return "vsteer-" + hashlib.sha256(body).hexdigest()[:32]
 
 
 class ControlResolver:
     def __init__(self, store: ArtifactStore, fingerprint: ModelFingerprint,
-                 max_abs_scale: float) -> None:
+                 max_abs_scale: float, layer_skip: bool = False) -> None:
         self.store = store
         self.fingerprint = fingerprint
         self.max_abs_scale = max_abs_scale
+        self.layer_skip = layer_skip  # the worker can skip layers (early exit 'exit')
 
     def resolve(self, raw: Any, who: Principal = OPERATOR) -> ResolvedControl:
         if raw is None:
@@ -106,13 +112,19 @@ class ControlResolver:
                                        who, bound)
             probe = rp.wire
             applied["hallucination"] = rp.applied
+        early_exit = None
+        if spec.early_exit is not None:
+            re = resolve_early_exit(spec.early_exit, self.store, self.fingerprint, who,
+                                    self.layer_skip)
+            early_exit = re.wire
+            applied["early_exit"] = re.applied
         used = len(steer) + (decide is not None) + bool(probe is not None and probe.target_key)
         if used > MAX_STEER_ENTRIES:
             raise APIError(400, f"control uses more than {MAX_STEER_ENTRIES} steering entries "
                            "(steer entries, plus one for refusal, plus one for a mitigating "
                            "probe)", param="control")
-        return ResolvedControl(WireSpec(rid=rid, steer=steer, decide=decide, probe=probe),
-                               applied)
+        return ResolvedControl(WireSpec(rid=rid, steer=steer, decide=decide, probe=probe,
+                                        early_exit=early_exit), applied)
 
     @staticmethod
     def _apply_tenant_defaults(raw: dict[str, Any], who: Principal) -> dict[str, Any]:

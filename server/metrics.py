@@ -27,6 +27,15 @@ HALLUCINATION_SCORE = Histogram("vsteer_hallucination_score", "Pre-decoding hall
 HALLUCINATION_ACTIONS = Counter("vsteer_hallucination_actions", "Hallucination probes run, by "
                                 "action and what was done (abstained, mitigated, none)",
                                 ["action", "taken"])
+EXIT_TOKENS = Counter("vsteer_early_exit_tokens", "Generated tokens of early-exit requests, "
+                      "by mode and whether the token exited (observe: could have)",
+                      ["mode", "exited"])
+EXIT_AGREEMENT = Counter("vsteer_early_exit_observed_agreement", "Observe mode: tokens that "
+                         "could exit, by whether the exit layer's token equals the full "
+                         "model's", ["agreed"])
+EXIT_SAVED = Histogram("vsteer_early_exit_saved_fraction", "Per request, the fraction of "
+                       "decoder-layer compute skipped (exit) or skippable (observe)", ["mode"],
+                       buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0))
 ADMISSION_WAIT = Histogram("vsteer_slot_admission_wait_seconds",
                            "Time a request waited for free steering slots",
                            buckets=(0.001, 0.01, 0.1, 0.5, 1, 5, 30, 120))

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 log = logging.getLogger("vsteer.policy")
 RELOAD_CHECK_S = 1.0
-LOCKABLE = ("steer", "refusal", "hallucination")
+LOCKABLE = ("steer", "refusal", "hallucination", "early_exit")
 
 
 class TenantPolicy(BaseModel):

@@ -24,7 +24,8 @@ class ResolvedRefusal:
 
 
 LABELS = {"vector": "steering vector", "direction": "refusal direction",
-          "controller": "refusal controller", "probe": "hallucination probe"}
+          "controller": "refusal controller", "probe": "hallucination probe",
+          "exit": "exit predictor"}
 
 
 def load_artifact(store: ArtifactStore, fp: ModelFingerprint, kind: str, name: str,

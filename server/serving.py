@@ -99,6 +99,8 @@ class ControlledServing:
             metrics.CONTROLLED_REQUESTS.labels("refusal").inc()
         if "hallucination" in resolved.applied:
             metrics.CONTROLLED_REQUESTS.labels("hallucination").inc()
+        if resolved.wire.early_exit is not None:
+            metrics.CONTROLLED_REQUESTS.labels("early_exit").inc()
         if isinstance(result, self.error_cls):
             release()
             return error_response(result.error.code, result.error.message, result.error.param)
@@ -192,6 +194,8 @@ class ControlledServing:
         if "hallucination" in report:
             report["hallucination"] = await self._probe_report(resolved, probe,
                                                                completion_tokens)
+        if resolved.wire.early_exit is not None:
+            report["early_exit"] = await self._exit_report(resolved, completion_tokens)
         errors = self.listener.pop_errors(resolved.wire.rid) if resolved.active else []
         if errors:
             report["errors"] = errors
@@ -232,6 +236,25 @@ class ControlledServing:
             await asyncio.to_thread(self.listener.wait_token_scores, rid, completion_tokens,
                                     DECISION_WAIT_S)
             rep["token_scores"] = self.listener.pop_token_scores(rid)[:completion_tokens]
+        return rep
+
+    async def _exit_report(self, resolved: ResolvedControl, completion_tokens: int
+                           ) -> dict[str, Any]:
+        """{mode, predictor, ..., exit_layers (per token), saved_fraction, agreement}."""
+        rep: dict[str, Any] = dict(resolved.applied["early_exit"])
+        records = await asyncio.to_thread(self.listener.wait_exit_tokens, resolved.wire.rid,
+                                          completion_tokens, DECISION_WAIT_S)
+        rep.update(summarize_exits(records, self.resolver.fingerprint.num_layers))
+        mode = rep["mode"]
+        exited = rep["exited_tokens"]
+        metrics.EXIT_TOKENS.labels(mode, "true").inc(exited)
+        metrics.EXIT_TOKENS.labels(mode, "false").inc(rep["tokens"] - exited)
+        if records:
+            metrics.EXIT_SAVED.labels(mode).observe(rep["saved_fraction"])
+        if rep.get("agreement") is not None:
+            agreed = sum(1 for _, a in records if a == 1)
+            metrics.EXIT_AGREEMENT.labels("true").inc(agreed)
+            metrics.EXIT_AGREEMENT.labels("false").inc(exited - agreed)
         return rep
 
     def _count_usage(self, usage: dict[str, Any] | None) -> None:
@@ -307,6 +330,26 @@ class ControlledServing:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()  # abort the engine request now if the client left
+
+
+def summarize_exits(records: list[list[int]], num_layers: int) -> dict[str, Any]:
+    """Per-token [exit layer, agreement] records -> the response's exit statistics.
+    A token exiting after layer l skips layers l+1..L-1; `agreement` (observe only) is
+    over the tokens that could exit."""
+    last = num_layers - 1
+    layers = [la for la, _ in records]
+    known = [a for la, a in records if la < last and a >= 0]
+    hist: dict[str, int] = {}
+    for la in layers:
+        hist[str(la)] = hist.get(str(la), 0) + 1
+    return {
+        "tokens": len(records), "exit_layers": layers,
+        "exited_tokens": sum(1 for la in layers if la < last),
+        "histogram": dict(sorted(hist.items(), key=lambda kv: int(kv[0]))),
+        "saved_fraction": (sum(last - la for la in layers) / (num_layers * len(layers))
+                           if layers else 0.0),
+        "agreement": sum(known) / len(known) if known else None,
+    }
 
 
 def _abstained(probe: dict[str, Any] | None) -> bool:

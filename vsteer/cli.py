@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from vsteer.early_exit.cli import add_exit_bench, add_exit_commands
     from vsteer.probe.cli import add_probe_commands, add_probe_eval
     from vsteer.refusal.cli import add_refusal_commands, add_refusal_eval
     from vsteer.vector_cli import add_vector_commands
@@ -38,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     evals = sub.add_parser("eval", help="evaluate controls").add_subparsers(metavar="WHAT")
     add_refusal_eval(evals)
     add_probe_eval(evals)
+    add_exit_commands(sub)
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(metavar="WHAT")
+    add_exit_bench(bench)
     return p
 
 

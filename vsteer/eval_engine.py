@@ -35,20 +35,21 @@ class EvalEngine(OfflineEngine):
         super().__init__(model, vsteer_additional_config(max_steer_slots=BATCH + 8),
                          max_model_len=max_model_len, dtype=dtype)
         self.resolver = ControlResolver(ArtifactStore(artifacts), self.fingerprint,
-                                        max_abs_scale=64.0)
+                                        max_abs_scale=64.0,
+                                        layer_skip=bool(self.hello.get("layer_skip")))
         self.tok = self.llm.get_tokenizer()
 
     def answer(self, prompts: list[str], control: dict[str, Any] | None, max_tokens: int,
-               desc: str) -> list[Answer]:
-        """Greedy chat answers, BATCH prompts per engine call; raises if the worker
+               desc: str, batch: int = BATCH) -> list[Answer]:
+        """Greedy chat answers, `batch` prompts per engine call; raises if the worker
         reports a control it could not apply."""
         from vllm import SamplingParams
 
         from vsteer.wire import EXTRA_ARGS_KEY
 
         out: list[Answer] = []
-        for start in tqdm(range(0, len(prompts), BATCH), desc=desc, unit="batch"):
-            chunk = prompts[start:start + BATCH]
+        for start in tqdm(range(0, len(prompts), batch), desc=desc, unit="batch"):
+            chunk = prompts[start:start + batch]
             resolved = [self.resolver.resolve(control or {}) for _ in chunk]
             params = [SamplingParams(max_tokens=max_tokens, temperature=0.0,
                                      extra_args={EXTRA_ARGS_KEY: r.encoded()} if r.active

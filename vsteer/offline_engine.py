@@ -23,6 +23,12 @@ class OfflineEngine:
         self.hello = self.listener.wait_ready(hello_timeout)
         self.fingerprint = ModelFingerprint.from_dict(self.hello["fingerprint"])
 
+    def __enter__(self) -> OfflineEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         from vsteer.plugins import vllm_compat
 

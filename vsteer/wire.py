@@ -57,6 +57,15 @@ class WireProbe(msgspec.Struct, frozen=True):
     scale: float = 1.0
 
 
+class WireExit(msgspec.Struct, frozen=True):
+    """Early exit, decided at the row that samples each token."""
+
+    path: str  # exit predictor artifact
+    sha256: str
+    mode: str  # observe | exit
+    thresholds: list[float]  # confidence threshold per candidate layer (> 1: never)
+
+
 class WireCapture(msgspec.Struct, frozen=True):
     layers: list[int]  # residual stream after these layers, every prompt token
 
@@ -67,6 +76,7 @@ class WireSpec(msgspec.Struct, frozen=True):
     capture: WireCapture | None = None
     decide: WireDecide | None = None
     probe: WireProbe | None = None
+    early_exit: WireExit | None = None
 
 
 _encoder = msgspec.json.Encoder()

@@ -2,6 +2,7 @@
 
 from vsteer.artifacts.controller import RefusalController
 from vsteer.artifacts.direction import GuardCalibration, RefusalDirection
+from vsteer.artifacts.exit_predictor import ExitPredictor
 from vsteer.artifacts.fingerprint import ModelFingerprint
 from vsteer.artifacts.probe import HallucinationProbe
 from vsteer.artifacts.store import (
@@ -17,6 +18,7 @@ from vsteer.artifacts.vector import SteeringVector
 __all__ = [
     "ArtifactError",
     "ArtifactStore",
+    "ExitPredictor",
     "GuardCalibration",
     "HallucinationProbe",
     "RefusalController",

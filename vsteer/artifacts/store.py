@@ -20,6 +20,7 @@ from typing import Any
 
 from vsteer.artifacts.controller import RefusalController
 from vsteer.artifacts.direction import RefusalDirection
+from vsteer.artifacts.exit_predictor import ExitPredictor
 from vsteer.artifacts.probe import HallucinationProbe
 from vsteer.artifacts.tensors_file import ArtifactError, read_safetensors_metadata
 from vsteer.artifacts.vector import SteeringVector
@@ -69,6 +70,7 @@ PARSERS: dict[str, Callable[[bytes], Any]] = {
     "direction": RefusalDirection.from_safetensors_bytes,
     "controller": RefusalController.from_safetensors_bytes,
     "probe": HallucinationProbe.from_safetensors_bytes,
+    "exit": ExitPredictor.from_safetensors_bytes,
 }
 
 

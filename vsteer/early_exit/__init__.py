@@ -1,0 +1,1 @@
+"""Early exit: exit predictors (training) and the early-exit benchmark."""
