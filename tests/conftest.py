@@ -195,6 +195,30 @@ def probe_artifacts(model_dir, artifacts, tmp_path_factory) -> dict:
     return {**summary, "data": data}
 
 
+EXIT = "smol-exit"
+
+
+def printed_json(stdout: str) -> dict:
+    """The indented JSON object a CLI printed last (engines print their own lines)."""
+    lines = stdout.splitlines()
+    start = max(i for i, line in enumerate(lines) if line == "{")
+    return json.loads("\n".join(lines[start:]))
+
+
+@pytest.fixture(scope="session")
+def exit_artifacts(model_dir, artifacts, tmp_path_factory) -> dict:
+    """An exit predictor `smol-exit`, made by the real CLI without --corpus: the model
+    answers 24 of the shipped prompts (48 tokens each) and the predictors are fitted on
+    its own tokens. Returns the CLI's summary plus the report directory."""
+    report = tmp_path_factory.mktemp("exit-report")
+    proc = subprocess.run([sys.executable, "-m", "vsteer.cli", "exit", "train", "--model",
+                           str(model_dir), "--name", EXIT, "--artifacts", str(artifacts),
+                           "--limit", "24", "--max-tokens", "48", "--report", str(report)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {**printed_json(proc.stdout), "report_dir": report}
+
+
 @pytest.fixture(scope="session")
 def policy_file(tmp_path_factory) -> Path:
     import yaml
@@ -206,7 +230,7 @@ def policy_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(model_dir, artifacts, demo_vector, random_vectors, refusal_artifacts,
-           probe_artifacts, policy_file, tmp_path_factory):
+           probe_artifacts, exit_artifacts, policy_file, tmp_path_factory):
     """`vsteer serve` as a real separate process (its engine core runs in another)."""
     import httpx
 

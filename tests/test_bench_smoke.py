@@ -31,3 +31,19 @@ def test_probe_ttft_benchmark_runs(model_dir, artifacts, probe_artifacts):
     text = _run(str(BENCH / "probe_ttft.py"), "--model", str(model_dir), "--artifacts",
                 str(artifacts), "--probe", PROBE, "--repeats", "2", "--batch", "4")
     assert "on/off ratio" in text
+
+
+def test_early_exit_benchmark_runs(model_dir, artifacts, exit_artifacts, tmp_path):
+    import json
+
+    from conftest import EXIT
+
+    _run("-m", "vsteer.cli", "bench", "early-exit", "--model", str(model_dir),
+         "--artifacts", str(artifacts), "--predictor", EXIT, "--out", str(tmp_path),
+         "--limit", "2", "--max-tokens", "12", "--targets", "0.98", "--thresholds", "0.0")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["speedup"] > 0 and 0 <= report["token_agreement"] <= 1
+    assert [c.get("target_agreement", c.get("threshold")) for c in report["curve"]] == [0.98, 0.0]
+    every = report["curve"][1]  # threshold 0: every decode step exits at the first layer
+    assert every["exited_tokens"] > 0.8 and every["saved_fraction"] > 0.5
+    assert (tmp_path / "speedup_vs_agreement.png").stat().st_size > 0

@@ -41,15 +41,15 @@ def add_exit_bench(bench: argparse._SubParsersAction) -> None:
     be.add_argument("--artifacts", type=Path, default=None)
     be.add_argument("--predictor", required=True, help="exit predictor artifact name")
     be.add_argument("--prompts", type=Path, default=None,
-                    help="JSONL of {prompt} rows (default: the shipped exit prompts, "
-                         "the last 16)")
+                    help="JSONL of {prompt} rows (default: the last 8 shipped exit "
+                         "prompts)")
     be.add_argument("--out", type=Path, required=True)
     be.add_argument("--targets", default=None,
                     help="comma-separated agreement targets to sweep (default: all the "
                          "predictor's calibrated targets)")
     be.add_argument("--thresholds", default="",
                     help="comma-separated raw confidence thresholds to sweep as well")
-    be.add_argument("--max-tokens", type=int, default=96)
+    be.add_argument("--max-tokens", type=int, default=64)
     be.add_argument("--batch", type=int, default=1,
                     help="requests per engine step (exit is decided per step: 1 exits most)")
     be.add_argument("--limit", type=int, default=None)

@@ -5,6 +5,8 @@ AUROC on the calibration part), 20% calibrate the thresholds, 20% test. For an
 agreement target T, layer k's threshold is the lowest confidence such that, on the
 calibration tokens at or above it, the lens token agrees with the full model's at a
 rate >= T (with at least MIN_SUPPORT tokens); otherwise the layer never exits at T.
+Checking a layer costs time, so for each target only the layers whose checks pay for
+themselves under a cost model (select_checks) keep a threshold.
 The test part reports the cascade (exit at the first confident layer): the fraction of
 tokens that exit, the fraction of layer compute saved and the token agreement, all
 teacher-forced (one token at a time, from full-depth contexts); `vsteer bench
@@ -28,6 +30,12 @@ from vsteer.probe.train import _best_logistic, _linear_scores
 TARGETS = [0.9, 0.95, 0.97, 0.98, 0.99, 0.995]
 DEFAULT_TARGET = 0.98
 MIN_SUPPORT = 10
+# Cost model for choosing which layers to check, in units of one decoder layer's
+# decode-step time, measured on the CPU of bench/RESULTS.md (SmolLM2-135M, batch 1):
+# a skipped layer still fills its K/V (~0.3 of a layer), and a check (two host-side
+# jobs: the stream at l - 1 and at l, plus a read-back) costs ~0.2 of a layer.
+FILL_COST = 0.3
+CHECK_COST = 0.2
 
 
 def split_of(seq: int) -> str:
@@ -44,6 +52,43 @@ def calibrate(conf: np.ndarray, agree: np.ndarray, target: float,
     ends = np.nonzero(np.r_[c[1:] != c[:-1], True])[0]  # a threshold accepts its ties
     ok = ends[(precision[ends] >= target) & (ends + 1 >= min_support)]
     return float(c[ok[-1]]) if len(ok) else UNREACHABLE
+
+
+def net_saving(conf: np.ndarray, thresholds: np.ndarray, layers: list[int],
+               num_layers: int) -> float:
+    """Mean layers saved per token under the cost model: exiting after layer e saves
+    (L-1-e)(1-FILL_COST); every layer checked before the exit costs CHECK_COST."""
+    live = thresholds <= 1.0
+    if not live.any():
+        return 0.0
+    hit = (conf >= thresholds[None, :]) & live[None, :]
+    exits = hit.any(1)
+    first = np.where(exits, hit.argmax(1), len(layers) - 1)
+    exit_layer = np.where(exits, np.array(layers)[first], num_layers - 1)
+    checks = np.cumsum(live)[first] if exits.any() else np.zeros(len(conf))
+    checks = np.where(exits, checks, live.sum())
+    saved = (num_layers - 1 - exit_layer) * (1 - FILL_COST) - CHECK_COST * checks
+    return float(saved.mean())
+
+
+def select_checks(conf: np.ndarray, thresholds: np.ndarray, layers: list[int],
+                  num_layers: int) -> np.ndarray:
+    """Greedily keep the layers whose checks pay for themselves (net_saving on the
+    calibration tokens); the others get UNREACHABLE (never checked at this target)."""
+    keep = np.full(len(layers), False)
+    best = 0.0
+    while True:
+        trials = []
+        for k in np.nonzero(~keep & (thresholds <= 1.0))[0]:
+            t = keep.copy()
+            t[k] = True
+            trials.append((net_saving(conf, np.where(t, thresholds, UNREACHABLE), layers,
+                                      num_layers), k))
+        if not trials or max(trials)[0] <= best:
+            break
+        best, k = max(trials)
+        keep[k] = True
+    return np.where(keep, thresholds, UNREACHABLE).astype(np.float32)
 
 
 def cascade(conf: np.ndarray, agree: np.ndarray, thresholds: np.ndarray, layers: list[int],
@@ -89,11 +134,18 @@ def train_exit_predictor(st: ExitStates, fingerprint: ModelFingerprint, source: 
     thresholds = np.array([[calibrate(conf[cal, k], st.agree[cal, k], t) for t in TARGETS]
                            for k in range(k_n)], np.float32)  # [K, G]
     n_l = fingerprint.num_layers
+    all_layers = thresholds.copy()
+    for g in range(len(TARGETS)):
+        thresholds[:, g] = select_checks(conf[cal], thresholds[:, g], st.layers, n_l)
     curve = [{"target": t, **cascade(conf[test], st.agree[test], thresholds[:, g], st.layers,
                                      n_l)} for g, t in enumerate(TARGETS)]
     for g, t in enumerate(TARGETS):
         for k, row in enumerate(per_layer):
-            row[f"coverage@{t}"] = float((conf[test, k] >= thresholds[k, g]).mean())
+            row[f"coverage@{t}"] = float((conf[test, k] >= all_layers[k, g]).mean())
+            row[f"checked@{t}"] = bool(thresholds[k, g] <= 1.0)
+        curve[g]["checked_layers"] = [la for k, la in enumerate(st.layers)
+                                      if thresholds[k, g] <= 1.0]
+        curve[g]["net_layers_saved"] = net_saving(conf[test], thresholds[:, g], st.layers, n_l)
     report = {"source": source, "tokens": {"fit": int(fit.sum()), "calibration": int(cal.sum()),
                                            "test": int(test.sum())},
               "num_layers": n_l, "layers": per_layer, "targets": TARGETS,
