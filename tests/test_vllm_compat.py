@@ -107,3 +107,44 @@ def test_v2_runner_is_switched_off(monkeypatch):
     import os
 
     assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+
+
+@pytest.mark.parametrize("site", sorted({(s.module, s.layer_class)
+                                         for s in HOOK_SITES.values() if s.kv_fill}))
+def test_kv_fill_internals(site):
+    """fill_kv_from_stream: the layer's norm and Llama-style attention parts, and vLLM's
+    standalone K/V cache write."""
+    layer_src = inspect.getsource(compat.decoder_layer_class(*site).__init__)
+    for attr in ("self.self_attn", "self.input_layernorm"):
+        assert attr in layer_src, f"{site} lost {attr}"
+    module = __import__(site[0], fromlist=["_"])
+    attn_cls = next(v for k, v in vars(module).items()
+                    if k.endswith("Attention") and isinstance(v, type)
+                    and "qkv_proj" in inspect.getsource(v.__init__))
+    src = inspect.getsource(attn_cls)
+    for attr in ("self.qkv_proj", "self.q_size", "self.kv_size", "self.rotary_emb",
+                 "self.attn"):
+        assert attr in src, f"{attn_cls.__name__} lost {attr}"
+    from vllm.model_executor.layers.attention.attention import (
+        Attention,
+        unified_kv_cache_update,
+    )
+
+    assert list(inspect.signature(unified_kv_cache_update).parameters) == [
+        "key", "value", "layer_name"]
+    init = inspect.getsource(Attention.__init__)
+    for attr in ("self.num_kv_heads", "self.head_size", "self.head_size_v",
+                 "self.layer_name", "self.attn_backend"):
+        assert attr in init, f"Attention lost {attr}"
+    from vllm.v1.attention.backend import AttentionBackend
+
+    assert hasattr(AttentionBackend, "forward_includes_kv_cache_update")
+
+
+def test_lens_head_internals():
+    from vllm.model_executor.models.llama import LlamaForCausalLM, LlamaModel
+
+    assert "self.norm = RMSNorm" in inspect.getsource(LlamaModel)
+    assert "self.lm_head" in inspect.getsource(LlamaForCausalLM.__init__)
+    assert list(inspect.signature(LlamaForCausalLM.compute_logits).parameters)[:2] == [
+        "self", "hidden_states"]
