@@ -49,23 +49,9 @@ def extract_exit_states(m: HFModel, seqs: list[Sequence], layers: list[int],
                         batch: int = 8) -> ExitStates:
     n_l = m.num_layers
     feats, agree, sconf, seq_ix = [], [], [], []
-    pad = m.tok.pad_token_id
     start = 0
     for part in tqdm(list(chunks(seqs, batch)), desc="exit states", unit="batch"):
-        width = max(len(s.ids) for s in part)
-        ids = torch.full((len(part), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(part), width), dtype=torch.long)
-        for i, s in enumerate(part):  # right padding: positions stay 0..len-1
-            ids[i, : len(s.ids)] = torch.tensor(s.ids)
-            mask[i, : len(s.ids)] = 1
-        states: dict[int, torch.Tensor] = {}
-
-        def record(i: int, x: torch.Tensor, states=states) -> torch.Tensor:
-            states[i] = x
-            return x
-
-        with m.edited(record):
-            m.model(input_ids=ids, attention_mask=mask)
+        states = m.streams([s.ids for s in part])
         rows = [(i, p) for i, s in enumerate(part) for p in range(s.first, len(s.ids) - 1)]
         bi = torch.tensor([r[0] for r in rows])
         pi = torch.tensor([r[1] for r in rows])

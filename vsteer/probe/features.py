@@ -42,7 +42,6 @@ def extract_features(m: HFModel, rows: list[dict[str, Any]], token_layers: list[
     last = np.zeros((len(rows), n_l, h), np.float32)
     tok_feats: list[np.ndarray] = []
     tok_rows: list[int] = []
-    pad = m.tok.pad_token_id
     start = 0
     for part in tqdm(list(chunks(rows, batch)), desc="hidden states", unit="batch"):
         seqs, plen, ntok = [], [], []
@@ -52,20 +51,7 @@ def extract_features(m: HFModel, rows: list[dict[str, Any]], token_layers: list[
             seqs.append(p + gen[:-1] if gen else p)
             plen.append(len(p))
             ntok.append(len(gen))
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):  # right padding: positions stay 0..len-1
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        states: dict[int, torch.Tensor] = {}
-
-        def record(i: int, x: torch.Tensor, states=states) -> torch.Tensor:
-            states[i] = x
-            return x
-
-        with m.edited(record):
-            m.model(input_ids=ids, attention_mask=mask)
+        states = m.streams(seqs)
         stream = torch.stack([states[i] for i in range(n_l)], dim=1)  # [B, L, T, H]
         for i in range(len(part)):
             p = plen[i]

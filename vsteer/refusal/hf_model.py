@@ -95,6 +95,26 @@ class HFModel:
         return logits, stacked
 
     @torch.no_grad()
+    def streams(self, seqs: list[list[int]]) -> dict[int, torch.Tensor]:
+        """The stream after every layer, {layer: [B, T, H]}, for token sequences run
+        right-padded (so positions stay 0..len-1; pad rows are garbage)."""
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), self.tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        states: dict[int, torch.Tensor] = {}
+
+        def record(i: int, x: torch.Tensor) -> torch.Tensor:
+            states[i] = x
+            return x
+
+        with self.edited(record):
+            self.model(input_ids=ids, attention_mask=mask)
+        return states
+
+    @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int,
                  edit: Edit | None = None) -> list[str]:
         enc = self.batch(prompts)
