@@ -25,7 +25,7 @@ from vsteer.artifacts import ExitPredictor, ModelFingerprint
 from vsteer.artifacts.exit_predictor import UNREACHABLE
 from vsteer.early_exit.states import ExitStates
 from vsteer.probe.metrics import auroc
-from vsteer.probe.train import _best_logistic, _linear_scores
+from vsteer.probe.train import best_logistic, linear_scores
 
 TARGETS = [0.9, 0.95, 0.97, 0.98, 0.99, 0.995]
 DEFAULT_TARGET = 0.98
@@ -54,19 +54,25 @@ def calibrate(conf: np.ndarray, agree: np.ndarray, target: float,
     return float(c[ok[-1]]) if len(ok) else UNREACHABLE
 
 
+def first_exit(conf: np.ndarray, thresholds: np.ndarray, layers: list[int],
+               num_layers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cascade: exit at the first layer whose confidence reaches its threshold
+    (UNREACHABLE thresholds never do). conf: [N, K]; thresholds: [K]. Returns
+    (exits [N] bool, first [N] candidate index, K-1 if none; exit layer [N], L-1 if
+    none)."""
+    hit = conf >= thresholds[None, :]  # [N, K]
+    exits = hit.any(1)
+    first = np.where(exits, hit.argmax(1), len(layers) - 1)
+    return exits, first, np.where(exits, np.array(layers)[first], num_layers - 1)
+
+
 def net_saving(conf: np.ndarray, thresholds: np.ndarray, layers: list[int],
                num_layers: int) -> float:
     """Mean layers saved per token under the cost model: exiting after layer e saves
     (L-1-e)(1-FILL_COST); every layer checked before the exit costs CHECK_COST."""
     live = thresholds <= 1.0
-    if not live.any():
-        return 0.0
-    hit = (conf >= thresholds[None, :]) & live[None, :]
-    exits = hit.any(1)
-    first = np.where(exits, hit.argmax(1), len(layers) - 1)
-    exit_layer = np.where(exits, np.array(layers)[first], num_layers - 1)
-    checks = np.cumsum(live)[first] if exits.any() else np.zeros(len(conf))
-    checks = np.where(exits, checks, live.sum())
+    exits, first, exit_layer = first_exit(conf, thresholds, layers, num_layers)
+    checks = np.where(exits, np.cumsum(live)[first], live.sum())
     saved = (num_layers - 1 - exit_layer) * (1 - FILL_COST) - CHECK_COST * checks
     return float(saved.mean())
 
@@ -93,13 +99,10 @@ def select_checks(conf: np.ndarray, thresholds: np.ndarray, layers: list[int],
 
 def cascade(conf: np.ndarray, agree: np.ndarray, thresholds: np.ndarray, layers: list[int],
             num_layers: int) -> dict[str, float]:
-    """Exit at the first layer whose confidence reaches its threshold.
+    """Exit fraction, compute saved and agreement of the cascade (first_exit).
     conf, agree: [N, K]; thresholds: [K]."""
-    hit = conf >= thresholds[None, :]  # [N, K]
-    exits = hit.any(1)
-    first = np.where(exits, hit.argmax(1), -1)
-    exit_layer = np.where(exits, np.array(layers)[np.maximum(first, 0)], num_layers - 1)
-    agreed = np.where(exits, agree[np.arange(len(conf)), np.maximum(first, 0)], True)
+    exits, first, exit_layer = first_exit(conf, thresholds, layers, num_layers)
+    agreed = np.where(exits, agree[np.arange(len(conf)), first], True)
     return {"exit_fraction": float(exits.mean()),
             "saved_fraction": float(((num_layers - 1 - exit_layer) / num_layers).mean()),
             "agreement": float(agreed.mean())}
@@ -123,9 +126,9 @@ def train_exit_predictor(st: ExitStates, fingerprint: ModelFingerprint, source: 
             p = float(np.clip(y[fit].mean(), 1e-4, 1 - 1e-4))
             w, b = np.zeros(st.feats.shape[2], np.float32), float(np.log(p / (1 - p)))
         else:
-            w, b, _ = _best_logistic(st.feats[fit, k], y[fit], st.feats[cal, k], y[cal])
+            w, b, _ = best_logistic(st.feats[fit, k], y[fit], st.feats[cal, k], y[cal])
         weight[k], bias[k] = w, b
-        conf[:, k] = _linear_scores(st.feats[:, k], w, b)
+        conf[:, k] = linear_scores(st.feats[:, k], w, b)
         per_layer.append({
             "layer": la, "lens_agreement": float(y[test].mean()),
             "auroc": auroc(conf[test, k], y[test]),

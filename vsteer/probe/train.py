@@ -86,20 +86,20 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, seed: int = 0, steps: int = 400
             "b2": np.float32(b2.item()), "mu": mu.numpy(), "sigma": sd.numpy()}
 
 
-def _best_logistic(xf: np.ndarray, yf: np.ndarray, xv: np.ndarray, yv: np.ndarray
+def best_logistic(xf: np.ndarray, yf: np.ndarray, xv: np.ndarray, yv: np.ndarray
                    ) -> tuple[np.ndarray, float, float]:
     """(weight, bias, validation AUROC) of the best L2 strength in L2_GRID."""
     best: tuple[np.ndarray, float, float] | None = None
     for l2 in L2_GRID:
         w, b = fit_logistic(xf, yf, l2)
-        a = auroc(_linear_scores(xv, w, b), yv)
+        a = auroc(linear_scores(xv, w, b), yv)
         if best is None or a > best[2]:
             best = (w, b, a)
     assert best is not None
     return best
 
 
-def _linear_scores(x: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
+def linear_scores(x: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(x.astype(np.float64) @ w + b)))
 
 
@@ -127,7 +127,7 @@ def train_probe(m: HFModel, rows: list[dict[str, Any]], source: str
     for pooling, arr in feats.items():
         curve[pooling] = []
         for la in tqdm(range(n_l), desc=f"probes ({pooling} pooling)", unit="layer"):
-            linear[(pooling, la)] = _best_logistic(arr[fit, la], y[fit], arr[val, la], y[val])
+            linear[(pooling, la)] = best_logistic(arr[fit, la], y[fit], arr[val, la], y[val])
             curve[pooling].append(linear[(pooling, la)][2])
     ranked = sorted(linear, key=lambda k: -linear[k][2])
     best_pool, best_layer = ranked[0]
@@ -151,7 +151,7 @@ def train_probe(m: HFModel, rows: list[dict[str, Any]], source: str
     else:
         w, bias, _ = linear[(pooling, layer)]
         tensors = {"weight": w}
-        val_scores = _linear_scores(xv, w, bias)
+        val_scores = linear_scores(xv, w, bias)
     threshold = youden_threshold(val_scores, y[val])
 
     right, wrong = y == 0, y == 1
@@ -163,7 +163,7 @@ def train_probe(m: HFModel, rows: list[dict[str, Any]], source: str
     tok_curve = []
     tok_best = (-1.0, -1, None, 0.0)
     for j, la in enumerate(tqdm(token_layers, desc="per-token probes", unit="layer")):
-        w, b, a = _best_logistic(f.tokens[~tok_val, j], tok_y[~tok_val], f.tokens[tok_val, j],
+        w, b, a = best_logistic(f.tokens[~tok_val, j], tok_y[~tok_val], f.tokens[tok_val, j],
                                  tok_y[tok_val])
         tok_curve.append(a)
         if a > tok_best[0]:
