@@ -12,9 +12,9 @@ import torch
 from vsteer.artifacts import ArtifactError, ExitPredictor, ModelFingerprint
 from vsteer.artifacts.exit_predictor import UNREACHABLE, confidence_logit
 from vsteer.early_exit.bench import token_agreement
+from vsteer.early_exit.summary import summarize_exits
 from vsteer.early_exit.train import calibrate, cascade
 from vsteer.plugins.early_exit import exit_logits
-from vsteer.server.serving import summarize_exits
 
 FP = ModelFingerprint("LlamaForCausalLM", 8, 6)
 TARGETS = [0.9, 0.98]

@@ -18,7 +18,7 @@ from typing import Any
 
 from vsteer.early_exit.corpus import read_corpus, shipped_prompts
 from vsteer.early_exit.plots import plot_tradeoff
-from vsteer.server.serving import summarize_exits
+from vsteer.early_exit.summary import summarize_exits
 
 DEFAULT_PROMPTS = 8
 
@@ -105,6 +105,6 @@ def run_exit_bench(model: str, artifacts: Path, predictor: str, prompts_file: Pa
         ],
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot_tradeoff(out / "speedup_vs_agreement.png", curve, "speedup",
+    plot_tradeoff(out / "speedup_vs_agreement.png", curve, "speedup", "token_agreement",
                   "decode tokens/s, exit / full", "Early exit: speed against agreement")
     return report

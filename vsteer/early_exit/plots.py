@@ -50,21 +50,21 @@ def plot_train_report(out: Path, report: dict[str, Any]) -> None:
     fig.savefig(out / "calibration.png", dpi=110)
     plt.close(fig)
 
-    plot_tradeoff(out / "cascade.png", report["cascade"], "saved_fraction",
+    plot_tradeoff(out / "cascade.png", report["cascade"], "saved_fraction", "agreement",
                   "fraction of decoder-layer compute saved",
                   "Exit cascade on test tokens (teacher-forced)")
 
 
-def plot_tradeoff(path: Path, curve: list[dict[str, Any]], x_key: str, x_label: str,
-                  title: str) -> None:
+def plot_tradeoff(path: Path, curve: list[dict[str, Any]], x_key: str, y_key: str,
+                  x_label: str, title: str) -> None:
+    """y_key (an agreement) against x_key, each point labelled by its target/threshold."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    ax.plot([c[x_key] for c in curve], [c["agreement" if "agreement" in c
-                                         else "token_agreement"] for c in curve], marker="o")
+    ax.plot([c[x_key] for c in curve], [c[y_key] for c in curve], marker="o")
     for c in curve:
-        y = c.get("agreement", c.get("token_agreement"))
-        ax.annotate(str(c.get("target", c.get("threshold"))), (c[x_key], y), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
+        ax.annotate(str(c.get("target", c.get("target_agreement", c.get("threshold")))),
+                    (c[x_key], c[y_key]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
     ax.set_xlabel(x_label)
     ax.set_ylabel("token agreement with the full model")
     ax.set_title(title)
