@@ -82,21 +82,32 @@ class ExitGroup:
     rids: list[str]
     rows: torch.Tensor  # [n] int64 token rows
     thresholds: torch.Tensor  # [n, K] logits
-    observe: torch.Tensor  # [n] bool: observe mode (else exit mode)
+    observe: list[bool]  # per row: observe mode (else exit mode)
     may_skip: bool  # the whole step may exit (batch-level exit)
-    layers: list[int] = field(default_factory=list)  # layers whose job runs
-    exit_layer: list[int] = field(default_factory=list)  # per row; -1 = not yet
+    layers: list[int]  # layers whose job runs: live candidates and the layer before each
+    exit_layer: list[int] = field(init=False)  # per row; -1 = not yet
+    agree: list[int] = field(init=False)  # per row (observe)
     stash: dict[int, torch.Tensor] = field(default_factory=dict)  # row -> x at exit
     prev: torch.Tensor | None = None  # [n, H] stream at the previous layer
-    agree: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        n = len(self.rids)
-        self.exit_layer = [-1] * n
-        self.agree = [UNKNOWN] * n
-        live = (self.thresholds < math.inf).any(0).tolist()  # [K] any row may exit here
-        wanted = {la for k, la in enumerate(self.model.predictor.layers) if live[k]}
-        self.layers = sorted(wanted | {la - 1 for la in wanted})
+        self.exit_layer = [-1] * len(self.rids)
+        self.agree = [UNKNOWN] * len(self.rids)
+
+    @classmethod
+    def plan(cls, runs: list[ExitRun], rids: list[str], rows: list[int], may_skip: bool,
+             device: torch.device) -> ExitGroup:
+        """A group of requests sharing runs[0].model; a candidate layer is checked only
+        if some row's threshold there is reachable (decided on the host)."""
+        model = runs[0].model
+        live = [any(t < math.inf for t in col)
+                for col in zip(*(r.logit_thresholds for r in runs), strict=True)]
+        wanted = {la for la, ok in zip(model.predictor.layers, live, strict=True) if ok}
+        return cls(model, rids, torch.tensor(rows, dtype=torch.long, device=device),
+                   torch.tensor([r.logit_thresholds for r in runs], dtype=torch.float32,
+                                device=device),
+                   [r.wire.mode == "observe" for r in runs], may_skip,
+                   sorted(wanted | {la - 1 for la in wanted}))
 
     def check(self, layer: int, x: torch.Tensor) -> bool:
         """Score the rows at `layer` (x: [n, H] fp32). True: the whole step exits here."""
@@ -110,7 +121,7 @@ class ExitGroup:
             self.exit_layer = [layer] * len(ok)
             return True
         for i, hit in enumerate(ok):
-            if hit and self.exit_layer[i] < 0 and bool(self.observe[i]):
+            if hit and self.exit_layer[i] < 0 and self.observe[i]:
                 self.exit_layer[i] = layer
                 self.stash[i] = x[i]
         return False

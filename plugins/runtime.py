@@ -140,9 +140,7 @@ class ControlRuntime:
 
     def _refusal_job(self, rc: RequestControls, t: int, hidden: torch.Tensor,
                      residual: torch.Tensor | None) -> bool:
-        x = hidden[t].float()  # [H]
-        if residual is not None:
-            x = x + residual[t].float()
+        x = _stream_rows(hidden, residual, t)  # [H]
         d = rc.decision
         coeff = decide(d, x)
         if coeff:
@@ -176,10 +174,7 @@ class ControlRuntime:
 
     def _exit_job(self, group: ExitGroup, layer: int, hidden: torch.Tensor,
                   residual: torch.Tensor | None) -> bool:
-        x = hidden[group.rows].float()  # [n, H]
-        if residual is not None:
-            x = x + residual[group.rows].float()
-        if group.check(layer, x):
+        if group.check(layer, _stream_rows(hidden, residual, group.rows)):
             self.skip_after = layer
         return False
 
@@ -189,8 +184,7 @@ class ControlRuntime:
         idx = [i for i, la in enumerate(group.exit_layer) if la >= 0]
         if not idx or self.lens is None:
             return False
-        rows = group.rows[idx]
-        full = hidden[rows].float() + (residual[rows].float() if residual is not None else 0)
+        full = _stream_rows(hidden, residual, group.rows[idx])
         toks = self.lens(torch.cat([torch.stack([group.stash[i] for i in idx]), full]))
         n = len(idx)
         for j, i in enumerate(idx):
@@ -205,19 +199,14 @@ class ControlRuntime:
         for rc, row in rows:
             by_model.setdefault(id(rc.exit.model), []).append((rc, row))
         may_skip = self.can_skip and whole_step and len(by_model) == 1
-        dev = self.shape.device
         for members in by_model.values():
             runs = [rc.exit for rc, _ in members]
-            g = ExitGroup(
-                runs[0].model, [rc.spec.rid for rc, _ in members],
-                torch.tensor([row for _, row in members], dtype=torch.long, device=dev),
-                torch.tensor([r.logit_thresholds for r in runs], dtype=torch.float32,
-                             device=dev),
-                torch.tensor([r.wire.mode == "observe" for r in runs]), may_skip)
+            g = ExitGroup.plan(runs, [rc.spec.rid for rc, _ in members],
+                               [row for _, row in members], may_skip, self.shape.device)
             self.exit_groups.append(g)
             for la in g.layers:
                 self._due(la, partial(self._exit_job, g, la))
-            if any(r.wire.mode == "observe" for r in runs):
+            if any(g.observe):
                 self._due(self.shape.num_layers - 1, partial(self._lens_job, g))
 
     def _send_exit_records(self) -> None:
@@ -469,3 +458,10 @@ class ControlRuntime:
         if (why := value.fingerprint.mismatch(self.fingerprint)) is not None:
             raise ArtifactError(why)
         return {la: src[la] for la in layers if la in src}
+
+
+def _stream_rows(hidden: torch.Tensor, residual: torch.Tensor | None,
+                 rows: torch.Tensor | int) -> torch.Tensor:
+    """The residual stream (hidden + residual) at `rows`, fp32: [n, H] ([H] for one)."""
+    x = hidden[rows].float()
+    return x + residual[rows].float() if residual is not None else x
