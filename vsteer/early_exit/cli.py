@@ -7,11 +7,6 @@ import json
 from pathlib import Path
 
 
-def _layer_range(text: str) -> list[int]:
-    a, _, b = text.partition("-")
-    return list(range(int(a), int(b or a) + 1))
-
-
 def add_exit_commands(sub: argparse._SubParsersAction) -> None:
     ex = sub.add_parser("exit", help="early exit: train exit predictors")
     acts = ex.add_subparsers(metavar="ACTION")
@@ -22,8 +17,8 @@ def add_exit_commands(sub: argparse._SubParsersAction) -> None:
                          "model's own answers to the prompts shipped with vsteer)")
     tr.add_argument("--name", required=True)
     tr.add_argument("--artifacts", type=Path, default=None)
-    tr.add_argument("--layers", type=_layer_range, default=None,
-                    help="candidate exit layers, e.g. 4-27 (default: L/8 .. L-2)")
+    tr.add_argument("--layers", default=None,
+                    help="candidate exit layers, e.g. 4-27 or 10,20 (default: L/8 .. L-2)")
     tr.add_argument("--limit", type=int, default=None, help="first N corpus rows only")
     tr.add_argument("--max-tokens", type=int, default=None,
                     help="answer length when the model writes the corpus (default 96)")
@@ -69,6 +64,7 @@ def _train(args: argparse.Namespace) -> int:
     from vsteer.early_exit.plots import plot_train_report
     from vsteer.early_exit.states import extract_exit_states
     from vsteer.early_exit.train import train_exit_predictor
+    from vsteer.extract import parse_layers
     from vsteer.model import resolve_model
     from vsteer.refusal.hf_model import HFModel
     from vsteer.vector_cli import default_artifacts
@@ -84,7 +80,8 @@ def _train(args: argparse.Namespace) -> int:
     rows = answer_missing(model, rows, args.max_tokens or DEFAULT_MAX_TOKENS, args.dtype)
     m = HFModel(model, args.threads)
     n_l = m.num_layers
-    layers = args.layers or list(range(max(1, n_l // 8), n_l - 1))
+    layers = (parse_layers(args.layers, n_l) if args.layers
+              else list(range(max(1, n_l // 8), n_l - 1)))
     if not all(1 <= la <= n_l - 2 for la in layers):
         raise SystemExit(f"--layers must lie in 1..{n_l - 2}")
     states = extract_exit_states(m, to_sequences(m.tok, rows), layers)
