@@ -270,6 +270,14 @@ def error_response_class() -> type:
     return ErrorResponse
 
 
+def client_error_class() -> type[Exception]:
+    """vLLM's base of request-caused errors; its request models' validators raise it
+    (e.g. an empty completion prompt), and pydantic passes it through unwrapped."""
+    from vllm.exceptions import VLLMClientError
+
+    return VLLMClientError
+
+
 def vllm_arg_parser():
     """vLLM's own `serve` argument parser (engine and frontend options)."""
     from vllm.entrypoints.launchers.cli_args import make_arg_parser

@@ -13,8 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vsteer.artifacts import ArtifactError, SteeringVector, check_name
 from vsteer.server.auth import Principal
+from vsteer.server.body import read_body, read_json_object
 from vsteer.server.errors import APIError, pydantic_errors_to_api_error
-from vsteer.server.serving import read_json_object
+from vsteer.server.openapi_bodies import json_body
 
 router = APIRouter()
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
@@ -80,7 +81,7 @@ async def delete_vector(name: str, request: Request) -> JSONResponse:
     return JSONResponse({"id": name, "object": "steering_vector", "deleted": True})
 
 
-@router.post("/v1/control/vectors")
+@router.post("/v1/control/vectors", openapi_extra=json_body(VectorUpload))
 async def create_vector(request: Request) -> JSONResponse:
     ctx = _ctx(request)
     ctx.auth.check_admin(request)
@@ -88,9 +89,7 @@ async def create_vector(request: Request) -> JSONResponse:
     try:
         if ctype in ("application/octet-stream", "application/x-safetensors"):
             name = request.query_params.get("name") or ""
-            body = await request.body()
-            if len(body) > MAX_UPLOAD_BYTES:
-                raise APIError(413, f"upload is larger than {MAX_UPLOAD_BYTES} bytes")
+            body = await read_body(request, MAX_UPLOAD_BYTES)
             vec = SteeringVector.from_safetensors_bytes(body)
         else:
             raw = await read_json_object(request, MAX_UPLOAD_BYTES)

@@ -19,28 +19,15 @@ from vsteer.plugins.channel import ChannelListener
 from vsteer.server import metrics
 from vsteer.server.admission import SlotAdmission
 from vsteer.server.auth import OPERATOR, Principal
+from vsteer.server.body import read_json_object
 from vsteer.server.control_resolver import ControlResolver, ResolvedControl
 from vsteer.server.errors import APIError, error_response, pydantic_errors_to_api_error
 from vsteer.wire import EXTRA_ARGS_KEY
 
-MAX_BODY_BYTES = 4 * 1024 * 1024
 DECISION_WAIT_S = 2.0
 ABSTAIN_TEXT = ("I am not sure I know the answer to this, so I would rather not guess. "
                 "(vsteer: a hallucination probe flagged this question.)")
 ABSTAIN_FINISH = "content_filter"
-
-
-async def read_json_object(raw: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
-    body = await raw.body()
-    if len(body) > limit:
-        raise APIError(413, f"request body is larger than {limit} bytes")
-    try:
-        data = json.loads(body)
-    except ValueError as e:
-        raise APIError(400, f"request body is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise APIError(400, "request body must be a JSON object")
-    return data
 
 
 class ControlledServing:
@@ -52,6 +39,7 @@ class ControlledServing:
         self.listener = listener
         self.chat_cls, self.completion_cls = compat.openai_request_classes()
         self.error_cls = compat.error_response_class()
+        self.client_error_cls = compat.client_error_class()
 
     async def chat(self, raw: Request, who: Principal = OPERATOR) -> Response:
         return await self._serve(raw, self.chat_cls,
@@ -129,6 +117,9 @@ class ControlledServing:
             request = req_cls.model_validate(body)
         except ValidationError as e:
             raise pydantic_errors_to_api_error(e) from None
+        except self.client_error_cls as e:  # vLLM's own validators (e.g. empty prompt)
+            raise APIError(400, str(e.args[0]) if e.args else str(e),
+                           param=getattr(e, "parameter", None)) from None
         if resolved.active:
             request.vllm_xargs = {**(request.vllm_xargs or {}),
                                   EXTRA_ARGS_KEY: resolved.encoded()}

@@ -89,6 +89,36 @@ def test_malformed_json_and_bad_request_fields(server):
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
 
 
+
+def test_request_rejected_by_vllms_own_validators_is_400(server):
+    """vLLM's request models raise their own error class (not pydantic's) for some
+    checks; found by the fuzzer (test_fuzz.py) as a 500."""
+    before = _engine_prompt_tokens(server)
+    r = httpx.post(server.base_url + "/v1/completions",
+                   headers={"Authorization": f"Bearer {API_KEY}"},
+                   json={"model": MODEL_NAME, "prompt": "", "max_tokens": 4})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "prompt" and "non-empty" in err["message"]
+    assert _engine_prompt_tokens(server) == before
+
+
+def test_oversized_body_is_413_before_it_is_read(server):
+    from vsteer.server.body import MAX_BODY_BYTES
+
+    h = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    big = b'{"model": "m", "pad": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    r = httpx.post(server.base_url + "/v1/chat/completions", content=big, headers=h)
+    assert r.status_code == 413 and "larger than" in r.json()["error"]["message"]
+
+    def chunks():  # no Content-Length: the limit applies while streaming
+        for _ in range(5):
+            yield b"x" * (MAX_BODY_BYTES // 4)
+
+    r = httpx.post(server.base_url + "/v1/chat/completions", content=chunks(), headers=h)
+    assert r.status_code == 413
+
+
 def test_wrong_key_is_401(server):
     client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as e:

@@ -81,6 +81,9 @@ def test_server_side_internals():
         assert {"vllm_xargs", "cache_salt", "stream_options"} <= set(cls.model_fields), cls
     err = compat.error_response_class()
     assert "error" in err.model_fields
+    with pytest.raises(compat.client_error_class()) as e:  # not wrapped by pydantic
+        completion.model_validate({"model": "m", "prompt": ""})
+    assert getattr(e.value, "parameter", None) == "prompt"
     parser = compat.vllm_arg_parser()
     args = parser.parse_args(["--model", "m", "--dtype", "float32"])
     assert args.model == "m" and args.dtype == "float32"
