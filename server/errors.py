@@ -11,19 +11,22 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error",
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers
 
     def response(self) -> JSONResponse:
-        return error_response(self.status, self.message, self.param, self.code)
+        return error_response(self.status, self.message, self.param, self.code,
+                              self.headers)
 
 
 def error_response(status: int, message: str, param: str | None = None,
-                   code: str | None = None) -> JSONResponse:
+                   code: str | None = None, headers: dict[str, str] | None = None
+                   ) -> JSONResponse:
     body = {"error": {"message": message, "type": _TYPES.get(status, "server_error"),
                       "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def pydantic_errors_to_api_error(exc, prefix: str = "") -> APIError:

@@ -9,6 +9,7 @@
         default_control:                 # merged under each request's `control`
           refusal: {mode: guard, direction: refusal}
         locked: [refusal]                # default_control parts a request cannot change
+        rate_limit: {rps: 2, burst: 10}  # per key of this tenant (default: --rate-limit)
 
 The file is re-read when its mtime or size changes (checked at most once per
 RELOAD_CHECK_S); a file that fails to parse is logged and the previous policy stays.
@@ -28,6 +29,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from vsteer.server.rate_limit import RateLimit
+
 log = logging.getLogger("vsteer.policy")
 RELOAD_CHECK_S = 1.0
 LOCKABLE = ("steer", "refusal", "hallucination", "early_exit")
@@ -42,6 +45,7 @@ class TenantPolicy(BaseModel):
     allow_ablate: bool = False
     default_control: dict[str, Any] = Field(default_factory=dict)
     locked: list[str] = Field(default_factory=list)
+    rate_limit: RateLimit | None = None
 
     def may_use(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pat) for pat in self.artifacts)
