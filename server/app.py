@@ -29,8 +29,11 @@ from vsteer.server import metrics
 from vsteer.server.admission import SlotAdmission
 from vsteer.server.auth import Auth
 from vsteer.server.control_resolver import ControlResolver
+from vsteer.server.drain import Drain, DrainGate
 from vsteer.server.errors import APIError, error_response
+from vsteer.server.openapi_bodies import ChatCompletionBody, CompletionBody, json_body
 from vsteer.server.policy import PolicyFile
+from vsteer.server.rate_limit import RateLimit
 from vsteer.server.routes_vectors import router as vectors_router
 from vsteer.server.serving import ControlledServing
 
@@ -47,6 +50,8 @@ class ServerConfig:
     max_steer_slots: int = DEFAULT_STEER_SLOTS
     max_abs_scale: float = 64.0
     policy: Path | None = None
+    rate_limit: RateLimit | None = None  # per non-admin key
+    drain_timeout_s: float = 30.0
 
 
 @dataclass
@@ -80,7 +85,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 resolver = ControlResolver(store, fingerprint, cfg.max_abs_scale,
                                            bool(hello.get("layer_skip")))
                 app.state.vsteer = VsteerState(
-                    Auth(cfg.api_keys, cfg.admin_key, policy), store, fingerprint,
+                    Auth(cfg.api_keys, cfg.admin_key, policy, cfg.rate_limit), store,
+                    fingerprint,
                     ControlledServing(app.state, resolver, admission, listener), engine)
                 unregister = metrics.register_worker_collector(metrics.WorkerStatsCollector(
                     lambda: listener.stats.get(0),
@@ -97,10 +103,14 @@ def create_app(cfg: ServerConfig) -> FastAPI:
 
     app = FastAPI(title="vsteer", version=_version(), lifespan=lifespan)
     _install_error_handlers(app)
-    app.add_middleware(metrics.RequestCounter)
+    drain = app.state.drain = Drain(cfg.drain_timeout_s)
+    app.add_middleware(DrainGate, drain=drain)
+    app.add_middleware(metrics.RequestCounter)  # outermost: counts the drain's 503s too
 
     @app.get("/health")
     async def health(request: Request) -> Response:
+        if drain.draining:  # readiness fails: the pod leaves the Service while it drains
+            return error_response(503, "draining for shutdown", code="server_shutting_down")
         try:
             await request.app.state.vsteer.engine.check_health()
         except Exception as e:  # an unhealthy engine raises; report it, don't crash
@@ -117,12 +127,12 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         listing = await request.app.state.openai_serving_models.show_available_models()
         return JSONResponse(listing.model_dump())
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=json_body(ChatCompletionBody))
     async def chat(request: Request) -> Response:
         who = request.app.state.vsteer.auth.check(request)
         return await request.app.state.vsteer.serving.chat(request, who)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=json_body(CompletionBody))
     async def completions(request: Request) -> Response:
         who = request.app.state.vsteer.auth.check(request)
         return await request.app.state.vsteer.serving.completion(request, who)

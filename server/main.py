@@ -1,4 +1,8 @@
-"""`vsteer serve`: vsteer's options, then any of vLLM's own `serve` options."""
+"""`vsteer serve`: vsteer's options, then any of vLLM's own `serve` options.
+
+Keys may also come from the environment (a Kubernetes Secret), which keeps them out of
+the process list: VSTEER_API_KEYS (comma-separated) and VSTEER_ADMIN_KEY.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +13,21 @@ from pathlib import Path
 
 from vsteer.engine_config import DEFAULT_STEER_SLOTS
 from vsteer.paths import vsteer_home
+from vsteer.server.rate_limit import RateLimit
 
 OUR_OPTIONS = """vsteer options:
   --model M              local HF dir, hub id, or "default" (SmolLM2-135M-Instruct)
   --artifacts DIR        artifact directory (default $VSTEER_HOME/artifacts)
   --host H --port N      bind address (default 127.0.0.1:8000)
-  --api-key KEY          accepted client key (repeatable; none = open server)
-  --admin-key KEY        key for artifact writes
+  --api-key KEY          accepted client key (repeatable; none = open server);
+                         also $VSTEER_API_KEYS (comma-separated)
+  --admin-key KEY        key for artifact writes; also $VSTEER_ADMIN_KEY
   --max-steer-slots N    device slots for distinct steering vectors (default 32)
   --max-abs-scale F      largest |scale| a request may use (default 64)
   --policy FILE          operator policy (YAML): tenants, keys, allowed artifacts,
-                         bounds, locked guards; re-read when the file changes
+                         bounds, locked guards, rate limits; re-read when it changes
+  --rate-limit RPS[:B]   requests/s (and burst) per non-admin key (default: none)
+  --drain-timeout S      on SIGTERM, wait up to S s for requests in flight (default 30)
 Any other option goes to vLLM (e.g. --dtype, --max-model-len, --enforce-eager,
 --tensor-parallel-size); see `python -m vllm.entrypoints.openai.api_server --help`."""
 
@@ -35,6 +43,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--max-steer-slots", type=int, default=DEFAULT_STEER_SLOTS)
     p.add_argument("--max-abs-scale", type=float, default=64.0)
     p.add_argument("--policy", type=Path, default=None)
+    p.add_argument("--rate-limit", type=RateLimit.parse, default=None)
+    p.add_argument("--drain-timeout", type=float, default=30.0)
     p.add_argument("-h", "--help", action="store_true")
     return p.parse_known_args(argv)
 
@@ -53,10 +63,15 @@ def build_config(argv: list[str]):
     return ServerConfig(
         vllm_args=vargs,
         artifacts=ours.artifacts or vsteer_home() / "artifacts",
-        api_keys=ours.api_key, admin_key=ours.admin_key,
+        api_keys=ours.api_key + _env_keys(), admin_key=ours.admin_key or
+        os.environ.get("VSTEER_ADMIN_KEY") or None,
         max_steer_slots=ours.max_steer_slots, max_abs_scale=ours.max_abs_scale,
-        policy=ours.policy,
+        policy=ours.policy, rate_limit=ours.rate_limit, drain_timeout_s=ours.drain_timeout,
     )
+
+
+def _env_keys() -> list[str]:
+    return [k.strip() for k in os.environ.get("VSTEER_API_KEYS", "").split(",") if k.strip()]
 
 
 def main(argv: list[str]) -> int:
@@ -69,9 +84,12 @@ def main(argv: list[str]) -> int:
     import uvicorn
 
     from vsteer.server.app import create_app
+    from vsteer.server.drain import DrainingServer
 
     cfg = build_config(argv)
     cfg.artifacts.mkdir(parents=True, exist_ok=True)
-    uvicorn.run(create_app(cfg), host=cfg.vllm_args.host, port=cfg.vllm_args.port,
-                log_level="info", timeout_graceful_shutdown=30)
+    app = create_app(cfg)
+    config = uvicorn.Config(app, host=cfg.vllm_args.host, port=cfg.vllm_args.port,
+                            log_level="info", timeout_graceful_shutdown=30)
+    DrainingServer(config, app.state.drain).run()
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -36,6 +36,10 @@ EXIT_AGREEMENT = Counter("vsteer_early_exit_observed_agreement", "Observe mode: 
 EXIT_SAVED = Histogram("vsteer_early_exit_saved_fraction", "Per request, the fraction of "
                        "decoder-layer compute skipped (exit) or skippable (observe)", ["mode"],
                        buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0))
+RATE_LIMITED = Counter("vsteer_rate_limited_requests", "Requests refused with 429 by a "
+                       "per-key rate limit, by tenant ('' = untenanted key)", ["tenant"])
+DRAINING = Gauge("vsteer_draining", "1 while the server drains for shutdown (new requests "
+                 "get 503)")
 ADMISSION_WAIT = Histogram("vsteer_slot_admission_wait_seconds",
                            "Time a request waited for free steering slots",
                            buckets=(0.001, 0.01, 0.1, 0.5, 1, 5, 30, 120))
