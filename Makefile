@@ -4,7 +4,10 @@ PY := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install model serve test lint bench clean
+# The vLLM pin lives in pyproject.toml only; images read it from there.
+VLLM_VERSION := $(shell sed -n 's/^gpu = \["vllm==\(.*\)"\]/\1/p' pyproject.toml)
+
+.PHONY: install model serve test lint bench clean vllm-version image-cpu image-gpu
 
 install:
 	@bash scripts/install.sh
@@ -22,6 +25,16 @@ test: model
 
 bench: model
 	$(PY) bench/steer_overhead.py $(ARGS)
+
+vllm-version:
+	@echo $(VLLM_VERSION)
+
+image-cpu:
+	docker build -f deploy/docker/Dockerfile.cpu -t vsteer-cpu:local .
+
+image-gpu:
+	docker build -f deploy/docker/Dockerfile.gpu --build-arg VLLM_VERSION=$(VLLM_VERSION) \
+	  -t vsteer-gpu:local .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

