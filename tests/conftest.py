@@ -121,6 +121,13 @@ class ServerProcess:
         return AsyncOpenAI(base_url=self.base_url + "/v1", api_key=key or "none",
                            max_retries=0, timeout=300)
 
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(90)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
     def metric(self, name: str) -> float:
         import httpx
 
@@ -232,15 +239,23 @@ def policy_file(tmp_path_factory) -> Path:
 def server(model_dir, artifacts, demo_vector, random_vectors, refusal_artifacts,
            probe_artifacts, exit_artifacts, policy_file, tmp_path_factory):
     """`vsteer serve` as a real separate process (its engine core runs in another)."""
+    srv = start_server(model_dir, artifacts, tmp_path_factory.mktemp("server"),
+                       "--policy", str(policy_file))
+    yield srv
+    srv.stop()
+
+
+def start_server(model_dir: Path, artifacts: Path, log_dir: Path, *extra: str
+                 ) -> ServerProcess:
+    """Start `vsteer serve` (fp32, eager, the test keys) and wait until /health is OK."""
     import httpx
 
     port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
+    log = log_dir / "server.log"
     cmd = [sys.executable, "-m", "vsteer.cli", "serve", "--model", str(model_dir),
            "--artifacts", str(artifacts), "--port", str(port), "--api-key", API_KEY,
            "--admin-key", ADMIN_KEY, "--max-steer-slots", str(SERVER_SLOTS),
-           "--enforce-eager", "--dtype", ENGINE_DTYPE, "--max-model-len", "1024",
-           "--policy", str(policy_file)]
+           "--enforce-eager", "--dtype", ENGINE_DTYPE, "--max-model-len", "1024", *extra]
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
     srv = ServerProcess(port, log, proc)
@@ -250,19 +265,13 @@ def server(model_dir, artifacts, demo_vector, random_vectors, refusal_artifacts,
             pytest.fail(f"server exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
         try:
             if httpx.get(srv.base_url + "/health", timeout=2).status_code == 200:
-                break
+                return srv
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"server did not become healthy:\n{log.read_text()[-4000:]}")
         time.sleep(1)
-    yield srv
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def run_helper(script: str, payload: dict, env: dict | None = None, timeout: int = 900) -> dict:
