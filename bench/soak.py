@@ -182,8 +182,6 @@ def plot(report: dict, warmup: float, path: Path) -> None:
 
 def register_vectors(args) -> list[str]:
     """Random vectors on every layer, uploaded through the admin API."""
-    r = httpx.get(args.url + "/v1/models", headers={"Authorization": f"Bearer {args.key}"})
-    r.raise_for_status()
     rng = np.random.default_rng(0)
     hidden, layers = args.hidden, args.layers
     names = []
@@ -200,13 +198,15 @@ def register_vectors(args) -> list[str]:
 
 
 def start_own_server(args, tmp: Path) -> subprocess.Popen:
+    """`vsteer serve` on the default model (eager); sets args.url / key / admin_key / pid."""
     args.key, args.admin_key = "soak-key", "soak-admin-key"
     port = 8700 + os.getpid() % 200
     args.url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "vsteer.cli", "serve", "--model", args.model, "--port",
+    cmd = [sys.executable, "-m", "vsteer.cli", "serve", "--model", "default", "--port",
            str(port), "--artifacts", str(tmp), "--api-key", args.key, "--admin-key",
            args.admin_key, "--enforce-eager", "--max-model-len", "1024"]
-    proc = subprocess.Popen(cmd, stdout=open(tmp / "server.log", "wb"), stderr=subprocess.STDOUT)
+    with open(tmp / "server.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -228,7 +228,7 @@ def main() -> None:
     ap.add_argument("--pid", type=int, help="the running server's pid (for RSS)")
     ap.add_argument("--key", default=None)
     ap.add_argument("--admin-key", default=None)
-    ap.add_argument("--model", default="SmolLM2-135M-Instruct")
+    ap.add_argument("--model", default="SmolLM2-135M-Instruct", help="served model name")
     ap.add_argument("--hidden", type=int, default=576)
     ap.add_argument("--layers", type=int, default=30)
     ap.add_argument("--clients", type=int, default=64)
@@ -241,12 +241,7 @@ def main() -> None:
     own = None
     with tempfile.TemporaryDirectory() as tmp:
         if args.url is None:
-            from vsteer.model import resolve_model
-
-            served = args.model
-            args.model = resolve_model("default")
             own = start_own_server(args, Path(tmp))
-            args.model = served
         try:
             mix = steering_mix(register_vectors(args))
             if args.controls:
