@@ -23,10 +23,15 @@ K8S_VERSION = "1.30.0"
 CRD_KINDS = {"ServiceMonitor"}  # the Prometheus Operator's; not in Kubernetes' schemas
 
 
-def _helm() -> str:
-    found = shutil.which("helm", path=str(Path(sys.executable).parent)) or shutil.which("helm")
-    assert found, "helm is missing: `bash scripts/fetch_helm.sh` (make test runs it)"
+def _tool(name: str) -> str:
+    """A command-line tool from the test venv (installed by scripts/install.sh)."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    assert found, f"{name} is missing: run scripts/install.sh (make test runs it)"
     return found
+
+
+def _helm() -> str:
+    return _tool("helm")
 
 
 def _render(*args: str) -> dict[str, dict]:
@@ -146,6 +151,33 @@ def test_compose_prometheus_and_grafana_point_at_each_other():
     from vsteer.server.policy import Policy
 
     Policy.parse((COMPOSE / "policy.yaml").read_text())
+
+
+def test_compose_file_validates_against_the_compose_spec(tmp_path):
+    def check(path: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([_tool("check-jsonschema"), "--builtin-schema",
+                               "vendor.compose-spec", str(path)], capture_output=True,
+                              text=True)
+
+    run = check(COMPOSE / "docker-compose.yml")
+    assert run.returncode == 0, run.stdout + run.stderr
+    bad = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
+    bad["services"]["vsteer"]["ports"] = {"http": 8000}
+    (tmp_path / "bad.yml").write_text(yaml.safe_dump(bad))
+    assert check(tmp_path / "bad.yml").returncode != 0
+
+
+def test_dockerfiles_pass_hadolint(tmp_path):
+    config = ROOT / "deploy" / "docker" / "hadolint.yaml"
+
+    def lint(*paths: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([_tool("hadolint"), "--no-color", "--config", str(config),
+                               *map(str, paths)], capture_output=True, text=True)
+
+    run = lint(*sorted((ROOT / "deploy" / "docker").glob("Dockerfile.*")))
+    assert run.returncode == 0, run.stdout + run.stderr
+    (tmp_path / "Dockerfile").write_text("FROM python:3.11\nRUN cd /tmp && ls\n")
+    assert "DL3003" in lint(tmp_path / "Dockerfile").stdout  # the linter does lint
 
 
 def dashboard_metric_names() -> set[str]:
