@@ -43,10 +43,17 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--max-steer-slots", type=int, default=DEFAULT_STEER_SLOTS)
     p.add_argument("--max-abs-scale", type=float, default=64.0)
     p.add_argument("--policy", type=Path, default=None)
-    p.add_argument("--rate-limit", type=RateLimit.parse, default=None)
+    p.add_argument("--rate-limit", type=_rate_limit, default=None)
     p.add_argument("--drain-timeout", type=float, default=30.0)
     p.add_argument("-h", "--help", action="store_true")
     return p.parse_known_args(argv)
+
+
+def _rate_limit(text: str) -> RateLimit:
+    try:
+        return RateLimit.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_config(argv: list[str]):
