@@ -122,15 +122,19 @@ def metric(text: str, name: str) -> float:
                if line.startswith((name + "{", name + " ")))
 
 
-async def wait_quiet(args, timeout: float = 60.0) -> dict[str, float]:
+async def wait_quiet(url: str, key: str, model: str, timeout: float = 60.0
+                     ) -> dict[str, float]:
     """Poll until every slot / queue gauge reads 0 (a plain request refreshes the worker's
-    stats, which it sends only while it steps); returns the last readings."""
+    stats, which it sends only while it steps); returns the last readings. Raises if
+    that plain request fails: the server stopped serving."""
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=120) as client:
         while True:
-            await one_request(client, args.url, args.key, args.model, {}, 4)
+            ok, why, _ = await one_request(client, url, key, model, {}, 4)
+            if not ok:
+                raise RuntimeError(f"the server stopped serving: {why}")
             await asyncio.sleep(1.0)
-            text = (await client.get(args.url + "/metrics")).text
+            text = (await client.get(url + "/metrics")).text
             values = {m: metric(text, m) for m in QUIET_METRICS}
             if not any(values.values()) or time.monotonic() > deadline:
                 return values
@@ -146,7 +150,7 @@ async def soak(args, mix: list[dict]) -> dict[str, Any]:
                            for i in range(args.clients)))
     elapsed = time.monotonic() - start
     await sampler
-    after = await wait_quiet(args)
+    after = await wait_quiet(args.url, args.key, args.model)
     warm = [mb for t, mb in samples if t >= args.warmup] or [samples[-1][1]]
     growth = warm[-1] - warm[0]
     return {

@@ -30,12 +30,8 @@ def _tool(name: str) -> str:
     return found
 
 
-def _helm() -> str:
-    return _tool("helm")
-
-
 def _render(*args: str) -> dict[str, dict]:
-    out = subprocess.run([_helm(), "template", "rel", str(CHART), *args], check=True,
+    out = subprocess.run([_tool("helm"), "template", "rel", str(CHART), *args], check=True,
                          capture_output=True, text=True).stdout
     docs = [d for d in yaml.safe_load_all(out) if d]
     return {d["kind"]: d for d in docs}
@@ -47,7 +43,7 @@ def full() -> dict[str, dict]:
 
 
 def test_chart_lints_with_every_option_on():
-    run = subprocess.run([_helm(), "lint", "--strict", str(CHART), "-f", str(CI_VALUES)],
+    run = subprocess.run([_tool("helm"), "lint", "--strict", str(CHART), "-f", str(CI_VALUES)],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
 
@@ -119,7 +115,7 @@ def test_service_hpa_and_servicemonitor_point_at_the_deployment(full):
 
 
 def test_chart_refuses_to_render_without_keys():
-    run = subprocess.run([_helm(), "template", "rel", str(CHART)], capture_output=True,
+    run = subprocess.run([_tool("helm"), "template", "rel", str(CHART)], capture_output=True,
                          text=True)
     assert run.returncode != 0 and "auth.adminKey" in run.stderr
 

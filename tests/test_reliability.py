@@ -4,6 +4,7 @@ a reduced soak (bench/soak.py), clients that vanish mid-stream, and bad artifact
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import subprocess
 import sys
@@ -13,13 +14,15 @@ import httpx
 import numpy as np
 import pytest
 
+from chat_api import post
 from conftest import ADMIN_KEY, API_KEY, EXIT, MODEL_NAME, PROBE, SERVER_SLOTS
 
 pytestmark = pytest.mark.engine
 ROOT = Path(__file__).resolve().parents[1]
-QUIET = ("vsteer_steer_slots_in_use", "vsteer_admitted_slot_keys",
-         "vsteer_requests_waiting_for_slots", "vllm:num_requests_running",
-         "vllm:num_requests_waiting")
+_spec = importlib.util.spec_from_file_location("soak", ROOT / "bench" / "soak.py")
+soak = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(soak)
+QUIET = soak.QUIET_METRICS  # slot and queue gauges that must return to 0
 
 
 def test_soak_reduced(server, refusal_artifacts, probe_artifacts, exit_artifacts, tmp_path):
@@ -66,26 +69,11 @@ async def _vanish(base_url: str, i: int) -> str:
         return "left while waiting"
 
 
-async def _quiet(server, deadline_s: float = 90.0) -> dict[str, float]:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    async with httpx.AsyncClient(timeout=120) as client:
-        while True:
-            r = await client.post(server.base_url + "/v1/chat/completions",
-                                  headers={"Authorization": f"Bearer {API_KEY}"},
-                                  json={"model": MODEL_NAME, "max_tokens": 4,
-                                        "messages": [{"role": "user", "content": "Hi"}]})
-            assert r.status_code == 200, r.text  # still serving
-            await asyncio.sleep(1.0)
-            values = {m: server.metric(m) for m in QUIET}
-            if not any(values.values()) or loop.time() > end:
-                return values
-
-
 def test_hundred_clients_leaving_mid_stream_free_everything(server, random_vectors):
     async def run():
         outcomes = await asyncio.gather(*(_vanish(server.base_url, i) for i in range(100)))
-        return outcomes, await _quiet(server)
+        # raises if the server stopped serving
+        return outcomes, await soak.wait_quiet(server.base_url, API_KEY, MODEL_NAME, 90.0)
 
     finished_before = server.metric("vllm:request_success_total")
     outcomes, after = asyncio.run(run())
@@ -93,7 +81,7 @@ def test_hundred_clients_leaving_mid_stream_free_everything(server, random_vecto
     assert "stream ended" not in outcomes  # 400 tokens never finish before we leave
     assert after == {m: 0.0 for m in QUIET}
     # The abandoned requests were aborted, not run to their 400 tokens: only the probes
-    # sent by _quiet finished since.
+    # sent by wait_quiet finished since.
     finished = server.metric("vllm:request_success_total") - finished_before
     assert finished < 20, finished
     assert SERVER_SLOTS == server.metric("vsteer_steer_slots_total")
@@ -140,18 +128,12 @@ def test_bad_artifact_files_are_rejected_and_change_nothing(server, fingerprint,
 def test_a_corrupt_file_in_the_shared_store_is_refused_alone(server, artifacts):
     (artifacts / "vector" / "broken.safetensors").write_bytes(b"{not a safetensors file")
     try:
-        r = httpx.post(server.base_url + "/v1/chat/completions", timeout=120,
-                       headers={"Authorization": f"Bearer {API_KEY}"},
-                       json={"model": MODEL_NAME, "max_tokens": 4,
-                             "messages": [{"role": "user", "content": "Hi"}],
-                             "control": {"steer": [{"vector": "broken", "scale": 1.0}]}})
+        r = post(server, {"max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}],
+                          "control": {"steer": [{"vector": "broken", "scale": 1.0}]}})
         assert r.status_code == 400 and "broken" in r.json()["error"]["message"]
         assert "broken" not in _sha_listing(server)
-        ok = httpx.post(server.base_url + "/v1/chat/completions", timeout=120,
-                        headers={"Authorization": f"Bearer {API_KEY}"},
-                        json={"model": MODEL_NAME, "max_tokens": 4,
-                              "messages": [{"role": "user", "content": "Hi"}],
-                              "control": {"steer": [{"vector": "joyful", "scale": 1.0}]}})
+        ok = post(server, {"max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}],
+                           "control": {"steer": [{"vector": "joyful", "scale": 1.0}]}})
         assert ok.status_code == 200
     finally:
         (artifacts / "vector" / "broken.safetensors").unlink()

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
+from chat_api import post
 from conftest import ADMIN_KEY, API_KEY, MODEL_NAME, POLICY, start_server
 
 pytestmark = pytest.mark.engine
@@ -40,11 +41,10 @@ def _h(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def _steered(srv, name: str, scale: float, key: str = ADMIN_KEY) -> httpx.Response:
-    return httpx.post(srv.base_url + "/v1/chat/completions", headers=_h(key), timeout=120,
-                      json={"model": MODEL_NAME, "max_tokens": 8, "temperature": 0,
-                            "messages": [{"role": "user", "content": "Describe your home."}],
-                            "control": {"steer": [{"vector": name, "scale": scale}]}})
+def _steered(srv, name: str, scale: float) -> httpx.Response:
+    body = {"max_tokens": 8, "messages": [{"role": "user", "content": "Describe your home."}],
+            "control": {"steer": [{"vector": name, "scale": scale}]}}
+    return post(srv, body, ADMIN_KEY)
 
 
 def test_artifact_written_on_one_replica_is_served_by_the_other(server, replica):
