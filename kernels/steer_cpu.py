@@ -105,7 +105,7 @@ def steer_apply_cpu(
     step: torch.Tensor,  # [3] int64 CPU: (steered tokens, step serial, rows epoch)
     layer: int,
 ) -> None:
-    active, serial, epoch = step.tolist()
+    active, serial, epoch = step.tolist()[:3]
     if active == 0:
         return
     t0 = time.perf_counter()

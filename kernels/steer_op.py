@@ -5,7 +5,7 @@ device type and a fake impl, so torch.compile and CUDA graphs treat it as one op
 op that mutates `hidden` in place. (`torch.library.custom_op` adds ~35 µs of Python
 dispatch per call, paid at every layer of every step; this path costs a few µs.)
 
-`step` is a CPU int64 triple (steered tokens this step, step serial, rows epoch): the
+`step` is a CPU int64 record (steered tokens this step, step serial, rows epoch, ...): the
 serial changes every step and the epoch whenever a row is written, so implementations
 may cache per-step work on the serial and per-row work on the epoch. The
 implementation is chosen per device by `vsteer.kernels.dispatch` (`steer_cpu` on CPU,

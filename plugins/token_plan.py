@@ -8,16 +8,10 @@ rewritten. Tokens of requests without controls keep row -1 and are never touched
 
 from __future__ import annotations
 
-import itertools
-import time
-
 import torch
 
+from vsteer.kernels.stamps import next_stamp
 from vsteer.plugins.device_buffer import HostDeviceBuffer
-
-# Serials and epochs come from one process-wide counter, so no two plans (nor two
-# steps, nor two row writes) ever share a value that a kernel could have cached on.
-_STAMPS = itertools.count(time.time_ns())
 
 
 class TokenPlan:
@@ -31,11 +25,12 @@ class TokenPlan:
                                           device)  # [R, K]
         self.row_op = HostDeviceBuffer(torch.zeros(max_rows, k, dtype=torch.int32),
                                        device)  # [R, K]
-        # CPU, never on device: (steered tokens this step, step serial, rows epoch). The
-        # serial changes every step, the epoch whenever a row is (re)written, so kernels
-        # may cache per-step work on the serial and per-row work on the epoch.
-        self.step = torch.zeros(3, dtype=torch.int64)
-        self.epoch = next(_STAMPS)
+        # CPU, never on device: (steered tokens this step, step serial, rows epoch, job
+        # rows in use). The serial changes every step, the epoch whenever a row is
+        # (re)written, so kernels may cache per-step work on the serial and per-row work
+        # on the epoch; the job table (plugins/job_table.py) writes the last entry.
+        self.step = torch.zeros(4, dtype=torch.int64)
+        self.epoch = next_stamp()
         self._free_rows = list(range(max_rows - 1, -1, -1))
         self.num_active = 0
         self._dirty = 0  # token_row[:_dirty] may hold rows from this step
@@ -43,6 +38,9 @@ class TokenPlan:
     def begin(self, num_tokens: int) -> None:
         if num_tokens > self.max_tokens:
             raise RuntimeError(f"step has {num_tokens} tokens, plan holds {self.max_tokens}")
+        if self._dirty:  # the device rows went back to -1 in reset(); now the host's
+            self.token_row.np[: self._dirty] = -1
+            self._dirty = 0
         self.num_active = 0
 
     @property
@@ -63,7 +61,7 @@ class TokenPlan:
         self.row_op.np[r, n:] = 0
         for buf in (self.row_slot, self.row_scale, self.row_op):
             buf.upload_row(r)
-        self.epoch = next(_STAMPS)
+        self.epoch = next_stamp()
         return r
 
     def free_row(self, r: int) -> None:
@@ -78,23 +76,23 @@ class TokenPlan:
 
     def commit(self, num_tokens: int) -> None:
         self.step[0] = self.num_active
-        self.step[1] = next(_STAMPS)
+        self.step[1] = next_stamp()
         self.step[2] = self.epoch
         self.token_row.upload(max(self._dirty, num_tokens))
 
     def invalidate(self) -> None:
         """Slot contents changed inside this step (a decision fired): new serial and
         epoch, so kernels drop what they cached for this step and these rows."""
-        self.epoch = next(_STAMPS)
-        self.step[1] = next(_STAMPS)
+        self.epoch = next_stamp()
+        self.step[1] = next_stamp()
         self.step[2] = self.epoch
 
     def reset(self) -> None:
-        """Back to idle: every token untouched (what warm-up dummy runs see)."""
+        """Back to idle: every token untouched (what warm-up dummy runs see). A device
+        write: the host rows may still be in flight to the device (non-blocking copy),
+        so they are cleared at the next begin()."""
         if self._dirty:
-            self.token_row.np[: self._dirty] = -1
-            self.token_row.upload(self._dirty)
-            self._dirty = 0
+            self.token_row.device[: self._dirty] = -1
         self.step[0] = 0
-        self.step[1] = next(_STAMPS)
+        self.step[1] = next_stamp()
         self.num_active = 0
