@@ -6,6 +6,8 @@ round once, so they differ by reduction order and at most a rounding step):
                       largest magnitude.
     probe_score:      fp32 outputs, atol 1e-5 (sigmoid of fp32 sums).
     exit_confidence:  fp32 outputs, atol 1e-5 (1e-4 for entropy over 50k-entry vocabularies).
+    score_jobs:       scores atol 1e-5; fp32 accumulators rtol 1e-5 / atol 1e-3 (sums
+                      of up to 4096 rows); forced slot rows as steer_apply.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ import torch
 
 from vsteer.kernels.exit_reference import exit_confidence_reference
 from vsteer.kernels.exit_triton import exit_confidence_triton
+from vsteer.kernels.jobs_reference import KIND_COS, KIND_SIGMOID, score_jobs_reference
+from vsteer.kernels.jobs_reference import POOL_LAST as POOL_LAST_J
+from vsteer.kernels.jobs_reference import POOL_MEAN as POOL_MEAN_J
+from vsteer.kernels.jobs_triton import score_jobs_triton
 from vsteer.kernels.probe_reference import PER_TOKEN, POOL_LAST, POOL_MEAN, probe_score_reference
 from vsteer.kernels.probe_triton import probe_score_triton
 from vsteer.kernels.steer_reference import (
@@ -119,3 +125,65 @@ def test_exit_confidence_on_a_strided_view():
     exit_confidence_reference(view, ref)
     exit_confidence_triton(view, got)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+
+
+def _job_tables(tokens: int, hidden: int, layers: int, g: torch.Generator):
+    """Jobs of every kind at layer 1 (guards that fire and that do not, mean chunks that
+    start, continue and finish, a one-chunk mean, per-token scores), one at layer 2,
+    and inactive rows."""
+    t1 = max(tokens - 1, 0)
+    half = max(tokens // 2, 1)
+    rows = [  # layer, start, end, kind, pool, weight, acc, first, final, src, dst
+        [1, t1, t1 + 1, KIND_COS, POOL_LAST_J, 0, -1, 1, 1, 1, 3],  # fires: force
+        [1, 0, 1, KIND_COS, POOL_LAST_J, 1, -1, 1, 1, 2, 4],  # never fires
+        [1, 0, half, KIND_SIGMOID, POOL_MEAN_J, 2, 0, 1, 0, -1, -1],  # first chunk
+        [1, half - 1, tokens, KIND_SIGMOID, POOL_MEAN_J, 2, 1, 0, 1, 2, 5],  # last chunk
+        [1, 0, tokens, KIND_SIGMOID, POOL_MEAN_J, 1, -1, 1, 1, -1, -1],  # one chunk
+        [1, t1, t1 + 1, KIND_SIGMOID, POOL_LAST_J, 0, -1, 1, 1, -1, -1],  # per token
+        [2, 0, tokens, KIND_SIGMOID, POOL_MEAN_J, 0, 2, 1, 1, 1, 6],  # other layer
+        [-1, 0, tokens, KIND_COS, POOL_LAST_J, 0, 3, 1, 1, 1, 6],  # inactive
+    ]
+    jobs_i = torch.tensor(rows, dtype=torch.int32)
+    jobs_f = torch.tensor([  # bias, threshold, count
+        [0.0, -2.0, 1], [0.0, 2.0, 1], [0.1, 0.0, half], [-0.1, 0.0, 100.0 + tokens],
+        [0.2, 0.0, tokens], [0.3, float("inf"), 1], [0.0, 0.0, tokens], [0.0, 0.0, 1]])
+    coeff = torch.zeros(len(rows), layers)
+    coeff[0, 2], coeff[0, 0] = 1.5, -0.5  # also a layer before the job's
+    coeff[3, 3] = 2.0
+    weights = torch.randn(3, hidden, generator=g) / hidden**0.5
+    acc = torch.randn(4, hidden, generator=g) * 10  # row 1: earlier chunks' sum
+    return jobs_i, jobs_f, coeff, weights, acc
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tokens,hidden", [(1, 64), (7, 100), (33, 576), (4096, 64),
+                                           (5, 4096), (3, 8192), (300, 1000)])
+@pytest.mark.parametrize("residual", [True, False], ids=["pair", "single"])
+def test_score_jobs(dtype, tokens, hidden, residual):
+    g = torch.Generator().manual_seed(tokens * 3 + hidden)
+    layers = 4
+    h = torch.randn(tokens, hidden, generator=g).to(dtype)
+    r = torch.randn(tokens, hidden, generator=g).to(dtype) if residual else None
+    jobs_i, jobs_f, coeff, weights, acc = _job_tables(tokens, hidden, layers, g)
+    vectors = torch.randn(7, layers, hidden, generator=g).to(dtype)
+    inv = 1.0 / vectors.float().norm(dim=-1)
+    state = {}
+    for side, fn in (("ref", score_jobs_reference), ("triton", score_jobs_triton)):
+        t = dict(acc=acc.clone(), vectors=vectors.clone(), inv=inv.clone(),
+                 out=torch.full((jobs_i.shape[0], 2), 7.0))
+        fn(h, r, jobs_i, jobs_f, coeff, weights, t["acc"], t["vectors"], t["inv"], t["out"], 1)
+        state[side] = t
+    ref, got = state["ref"], state["triton"]
+    torch.testing.assert_close(got["out"], ref["out"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(got["acc"], ref["acc"], rtol=1e-5, atol=1e-3)
+    _close(got["vectors"], ref["vectors"], dtype)
+    torch.testing.assert_close(got["inv"], ref["inv"], rtol=1e-6, atol=0)
+    # what the semantics say, beyond agreement of the two
+    assert ref["out"][0, 1] == 1 and ref["out"][1, 1] == 0  # guard fired / did not
+    assert torch.equal(ref["out"][[2, 6, 7]], torch.full((3, 2), 7.0))  # not scored
+    assert ref["out"][5, 1] == 0  # per-token threshold +inf never fires
+    forced = (vectors[1, 2].float() * 1.5).to(dtype)
+    assert torch.equal(ref["vectors"][3, 2], forced)
+    assert torch.equal(got["vectors"][4], vectors[4])  # the guard that did not fire
+    assert torch.equal(got["vectors"][6], vectors[6])  # the job at layer 2
+    assert torch.equal(got["acc"][[2, 3]], acc[[2, 3]])  # layer-2 / inactive rows
