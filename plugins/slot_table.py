@@ -8,15 +8,12 @@ before that can happen).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-
-class SlotsExhausted(RuntimeError):
-    pass
+from vsteer.plugins.lru_index import LruIndex
 
 
 class SlotTable:
@@ -27,22 +24,15 @@ class SlotTable:
                                    device=device)  # [S+1, L, H]
         self.inv_norms = torch.zeros(num_slots + 1, num_layers, dtype=torch.float32,
                                      device=device)  # [S+1, L]; 0 = no direction there
-        self._lru: OrderedDict[str, int] = OrderedDict()
-        self._free = list(range(num_slots, 0, -1))
-
-    def lookup(self, key: str) -> int | None:
-        slot = self._lru.get(key)
-        if slot is not None:
-            self._lru.move_to_end(key)
-        return slot
+        self.index = LruIndex(range(1, num_slots + 1), "steering slots")
 
     def acquire(self, key: str, load: Callable[[], dict[int, np.ndarray]],
                 pinned: set[str]) -> int:
-        slot = self.lookup(key)
+        slot = self.index.lookup(key)
         if slot is not None:
             return slot
         directions = load()  # before evicting: a failed load leaves the table intact
-        slot = self._take_slot(pinned)
+        slot = self.index.take(key, pinned)
         self.vectors[slot].zero_()
         self.inv_norms[slot].zero_()
         for layer, d in directions.items():
@@ -50,18 +40,7 @@ class SlotTable:
             row.copy_(torch.from_numpy(np.ascontiguousarray(d, np.float32)))
             norm = float(row.float().norm())  # of the stored (rounded) vector
             self.inv_norms[slot, layer] = 1.0 / norm if norm > 0 else 0.0
-        self._lru[key] = slot
         return slot
 
-    def _take_slot(self, pinned: set[str]) -> int:
-        if self._free:
-            return self._free.pop()
-        for key in self._lru:  # oldest first
-            if key not in pinned:
-                return self._lru.pop(key)
-        raise SlotsExhausted(
-            f"all {self.num_slots} steering slots are held by running requests"
-        )
-
     def in_use(self, pinned: set[str]) -> int:
-        return sum(1 for k in self._lru if k in pinned)
+        return self.index.in_use(pinned)

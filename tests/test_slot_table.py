@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from vsteer.plugins.slot_table import SlotsExhausted, SlotTable
+from vsteer.plugins.lru_index import TableFull
+from vsteer.plugins.slot_table import SlotTable
 
 
 def loader(value, layers=(0, 1)):
@@ -43,7 +44,7 @@ def test_lru_evicts_oldest_unpinned_and_clears_it():
     t.acquire("b", loader(2.0, layers=(0, 1, 2)), set())
     sc = t.acquire("c", loader(3.0, layers=(0,)), pinned={"b"})
     assert sc == sa  # "a" was the only unpinned key
-    assert t.lookup("a") is None
+    assert t.index.lookup("a") is None
     assert torch.count_nonzero(t.vectors[sc, 1]) == 0  # old content gone
 
 
@@ -51,7 +52,7 @@ def test_all_pinned_is_an_error_never_a_shared_slot():
     t = table(2)
     t.acquire("a", loader(1.0), set())
     t.acquire("b", loader(2.0), set())
-    with pytest.raises(SlotsExhausted):
+    with pytest.raises(TableFull):
         t.acquire("c", loader(3.0), pinned={"a", "b"})
     assert t.in_use({"a", "b"}) == 2
 
@@ -65,4 +66,4 @@ def test_failed_load_leaves_the_table_untouched():
 
     with pytest.raises(OSError):
         t.acquire("b", boom, set())
-    assert t.lookup("a") == s and torch.equal(t.vectors[s, 0], torch.ones(4))
+    assert t.index.lookup("a") == s and torch.equal(t.vectors[s, 0], torch.ones(4))
