@@ -1,13 +1,14 @@
-"""`torch.ops.vsteer.decide`: the op boundary for in-prefill decisions (guard,
-controller), so compiled graphs keep calling it at every layer.
+"""`torch.ops.vsteer.decide`: the op boundary for host-side jobs between two layers
+(refusal controllers, MLP hallucination probes, early-exit checks), so compiled graphs
+keep calling it at every layer.
 
-Semantics: `plugins/decision.py`. The op forwards to the runtime registered under
-`handle`; it mutates the slot table (`vectors`, `inv_norms`) and the CPU `step`
-flags (so kernels drop work cached for this step). It does nothing unless a request
-decides at this layer in this step. Implementation note: the decision is host Python
-(one small matvec per deciding request, once per request), so on CUDA it is not
-CUDA-graph capturable; vLLM's piecewise graphs would need it as a splitting op.
-Verified on CPU only.
+Semantics: `plugins/decision.py`, `plugins/probe_control.py`, `plugins/early_exit.py`.
+The op forwards to the runtime registered under `handle`; it may mutate the slot table
+(`vectors`, `inv_norms`) and the CPU `step` record (so kernels drop work cached for
+this step). It does nothing unless a job is due at this layer in this step. These jobs
+read back to the host, so on CUDA they run in eager engines only (the runtime refuses
+them otherwise); guards, linear probes and per-token scores are device-table jobs
+(`score_jobs`) instead. Verified on CPU only.
 """
 
 from __future__ import annotations

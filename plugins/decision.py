@@ -9,12 +9,17 @@ At the decision layer D, on the last prompt token's stream x = hidden + residual
 The request's rows hold one `add` entry on its private `target` slot (zeros until
 then), so the force takes effect at layers after D in this very forward pass, for
 every token of the request from then on, and never for other requests.
+
+A guard is a job of the device job table (plugins/job_table.py; no read-back in the
+forward pass). A controller (an MLP) runs here, on the host, between two layers: it
+reads its score back, so it is eager-only on CUDA.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from vsteer.artifacts import (
@@ -31,7 +36,8 @@ class Decision:
     wire: WireDecide
     source_slot: int
     target_slot: int
-    condition: torch.Tensor | None = None  # [H] unit, guard
+    condition: np.ndarray | None = None  # [H] unit, guard (loaded into the weight table)
+    weight_row: int = -1  # guard: its condition's row in the job table's weights
     controller: dict[str, torch.Tensor] = field(default_factory=dict)  # controller tensors
     w_max: float = 0.0
     done: bool = False
@@ -45,7 +51,7 @@ def load_decision(w: WireDecide, source_slot: int, target_slot: int,
     if w.kind == "guard":
         direction = RefusalDirection.from_safetensors_bytes(
             read_verified(w.direction_path, w.direction_sha256))
-        d.condition = torch.from_numpy(direction.unit_condition(w.layer)).to(device)
+        d.condition = direction.unit_condition(w.layer)
     elif w.kind == "controller":
         c = RefusalController.from_safetensors_bytes(read_verified(w.controller_path,
                                                            w.controller_sha256))
@@ -58,20 +64,15 @@ def load_decision(w: WireDecide, source_slot: int, target_slot: int,
 
 
 def decide(d: Decision, x: torch.Tensor) -> dict[int, float]:
-    """Score one stream vector x [H] (fp32). Sets d.score / d.fired; returns the force
-    coefficient per layer ({} when the decision does not fire). Runs once per request,
-    on the host (it reads the score back), between two layers of its prefill."""
-    w = d.wire
-    if w.kind == "guard":
-        score = float(torch.dot(x, d.condition) / x.norm().clamp_min(1e-12))
-        coeff = {la: w.scale for la in w.force_layers}
-    else:
-        c = d.controller
-        z = (x - c["mu"]) / c["sigma"]  # [H]
-        o = torch.relu(z @ c["w1"] + c["b1"]) @ c["w2"] + c["b2"]  # [1 + L]
-        score = float(torch.sigmoid(o[0]))
-        weights = (d.w_max * torch.sigmoid(o[1:])).tolist()  # [L]
-        coeff = {la: weights[la] for la in w.force_layers}
+    """Score one stream vector x [H] (fp32) with a controller. Sets d.score / d.fired;
+    returns the force coefficient per layer ({} when it does not fire). Runs once per
+    request, on the host (it reads the score back), between two layers of its prefill."""
+    w, c = d.wire, d.controller
+    z = (x - c["mu"]) / c["sigma"]  # [H]
+    o = torch.relu(z @ c["w1"] + c["b1"]) @ c["w2"] + c["b2"]  # [1 + L]
+    score = float(torch.sigmoid(o[0]))
+    weights = (d.w_max * torch.sigmoid(o[1:])).tolist()  # [L]
+    coeff = {la: weights[la] for la in w.force_layers}
     d.score, d.fired, d.done = score, score >= w.threshold, True
     return coeff if d.fired else {}
 

@@ -14,8 +14,8 @@ exit:    batch-level. When every row of the step is a decode token of an exit-mo
          stream after the last layer is x_l, so the sampler reads final-norm + LM head
          of x_l. Later tokens attend to that cache at full depth. Needs eager mode
          (data-dependent control flow); any other step runs every layer.
-Like probes and refusal decisions this reads back to the host between layers: not
-CUDA-graph safe.
+This reads back to the host between layers (a host job of the `decide` op): not
+CUDA-graph safe, so on CUDA the runtime accepts early exit only in eager engines.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Hallucination probes inside the forward pass (control.hallucination).
 
 Prefill, at the probe's layer, over the request's prompt tokens (x = hidden + residual):
-    linear probe, whole prompt in this step:  torch.ops.vsteer.probe_score on its rows
-    otherwise (prompt split over steps, or an MLP probe): the pooled vector is
-        accumulated chunk by chunk (mean) or taken at the last prompt token (last), and
-        scored once the prompt is complete (vsteer/artifacts/probe.py)
+    the pooled vector is the mean over the prompt (accumulated chunk by chunk when the
+    scheduler splits it) or x at the last prompt token; it is scored once the prompt
+    is complete (vsteer/artifacts/probe.py)
     fire = score >= threshold:
         abstain:  the request's id joins `abstained`; the sampler then allows only its
                   end-of-sequence token (plugins/abstain.py), so nothing is generated
@@ -12,9 +11,10 @@ Prefill, at the probe's layer, over the request's prompt tokens (x = hidden + re
                   mitigate layers (all after the probe layer): it acts later in this
                   very forward pass and on every later token
 Per token (per_token), at the token layer, on the row that samples the step's token:
-    q = probe_score(x[t], token_weight, token_bias)   (PER_TOKEN)
-Both read a score back to the host: like the refusal decisions, this runs in Python
-between two layers and is not CUDA-graph safe.
+    q = sigmoid(x[t] · token_weight + token_bias)
+Linear probes and per-token scores are jobs of the device job table
+(plugins/job_table.py): no read-back inside the forward pass. An MLP probe is scored
+here, on the host, between two layers: it reads back, so it is eager-only on CUDA.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from vsteer.artifacts import HallucinationProbe, read_verified
-from vsteer.kernels.probe_reference import PER_TOKEN, POOL_LAST, POOL_MEAN
+from vsteer.kernels.jobs_reference import KIND_SIGMOID, POOL_LAST, POOL_MEAN
 from vsteer.wire import WireProbe
 
 
@@ -35,10 +35,13 @@ class ProbeRun:
     probe: HallucinationProbe
     weight: dict[str, torch.Tensor]  # linear: weight [H]; mlp: w1, b1, w2, mu, sigma
     token_weight: torch.Tensor | None  # [H]
+    weight_row: int = -1  # linear: the probe weight's row in the job table's weights
+    token_row: int = -1  # per_token: the token weight's row there
+    acc_row: int = -1  # linear, mean pooling: its accumulator row in the job table
     source_slot: int = -1  # mitigate: truth tensors
     target_slot: int = -1  # mitigate: this request's private slot
-    acc: torch.Tensor | None = None  # [H] fp32, running sum (mean) over earlier chunks
-    acc_n: int = 0
+    acc: torch.Tensor | None = None  # [H] fp32, MLP: running sum (mean) over earlier chunks
+    acc_n: int = 0  # prompt tokens pooled so far (mean)
     done: bool = False
     score: float | None = None
     fired: bool = False
@@ -67,56 +70,44 @@ def load_probe_run(w: WireProbe, device: torch.device) -> ProbeRun:
     return ProbeRun(w, *_load_probe(w.path, w.sha256, str(device)))
 
 
-class ProbeScorer:
-    """Preallocated buffers for the probe op, shared by every request of a worker."""
+def table_job(run: ProbeRun, a: int, b: int, final: bool) -> dict | None:
+    """Linear probe: the job-table row (`JobTable.add` keywords) for prompt rows a..b of
+    this step, or None when last-token pooling needs nothing from this chunk."""
+    p = run.probe
+    mean = p.pooling == "mean"
+    if not (final or mean):
+        return None
+    first = run.acc_n == 0
+    if mean:
+        run.acc_n += b - a
+    run.done = final
+    return dict(layer=p.layer, start=a if mean else b - 1, end=b, kind=KIND_SIGMOID,
+                weight_row=run.weight_row, pool=POOL_MEAN if mean else POOL_LAST,
+                bias=p.bias, threshold=run.wire.threshold, acc_row=run.acc_row,
+                first=first, final=final, count=max(run.acc_n, 1))
 
-    def __init__(self, device: torch.device) -> None:
-        self.cu = torch.zeros(2, dtype=torch.int32, device=device)
-        self.out = torch.zeros(1, dtype=torch.float32, device=device)
 
-    def _op(self, hidden: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
-            bias: float, pooling: int) -> float:
-        self.cu[1] = hidden.shape[0]
-        torch.ops.vsteer.probe_score(hidden, residual, self.cu, weight, bias, pooling, self.out)
-        return float(self.out[0])
-
-    def prefill(self, run: ProbeRun, hidden: torch.Tensor, residual: torch.Tensor | None,
+def mlp_prefill(run: ProbeRun, hidden: torch.Tensor, residual: torch.Tensor | None,
                 a: int, b: int, final: bool) -> bool:
-        """Feed prompt rows a..b of this step; score when `final`. Returns whether the
-        probe was scored now."""
-        p = run.probe
-        mean = p.pooling == "mean"
-        if not (final or mean):
-            return False  # last-token pooling: earlier chunks hold nothing it needs
-        if final and run.acc is None and p.probe_type == "linear":
-            run.score = self._op(hidden[a:b], residual[a:b] if residual is not None else None,
-                                 run.weight["weight"], p.bias, POOL_MEAN if mean else POOL_LAST)
-        else:
-            lo = a if mean else b - 1
-            x = hidden[lo:b].float()  # [n, H] (n = 1 for last-token pooling)
-            if residual is not None:
-                x = x + residual[lo:b].float()
-            if mean:
-                part = x.sum(dim=0)
-                run.acc = part if run.acc is None else run.acc + part
-                run.acc_n += x.shape[0]
-                if not final:
-                    return False
-            v = run.acc / run.acc_n if mean else x[-1]  # [H]
-            run.score = self._pooled_score(run, v)
-        run.done = True
-        run.fired = run.score >= run.wire.threshold
-        return True
-
-    def _pooled_score(self, run: ProbeRun, v: torch.Tensor) -> float:
-        p, t = run.probe, run.weight
-        if p.probe_type == "linear":
-            return self._op(v[None], None, t["weight"], p.bias, POOL_LAST)
-        h = torch.relu(((v - t["mu"]) / t["sigma"]) @ t["w1"] + t["b1"])  # [M]
-        return float(torch.sigmoid(h @ t["w2"] + p.bias))
-
-    def token(self, run: ProbeRun, hidden: torch.Tensor, residual: torch.Tensor | None,
-              t: int) -> float:
-        res = residual[t:t + 1] if residual is not None else None
-        return self._op(hidden[t:t + 1], res, run.token_weight, run.probe.token_bias,
-                        PER_TOKEN)
+    """MLP probe: feed prompt rows a..b of this step; score when `final`. Returns
+    whether the probe was scored now."""
+    p, t = run.probe, run.weight
+    mean = p.pooling == "mean"
+    if not (final or mean):
+        return False  # last-token pooling: earlier chunks hold nothing it needs
+    lo = a if mean else b - 1
+    x = hidden[lo:b].float()  # [n, H] (n = 1 for last-token pooling)
+    if residual is not None:
+        x = x + residual[lo:b].float()
+    if mean:
+        part = x.sum(dim=0)
+        run.acc = part if run.acc is None else run.acc + part
+        run.acc_n += x.shape[0]
+        if not final:
+            return False
+    v = run.acc / run.acc_n if mean else x[-1]  # [H]
+    h = torch.relu(((v - t["mu"]) / t["sigma"]) @ t["w1"] + t["b1"])  # [M]
+    run.score = float(torch.sigmoid(h @ t["w2"] + p.bias))
+    run.done = True
+    run.fired = run.score >= run.wire.threshold
+    return True

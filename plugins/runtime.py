@@ -1,6 +1,8 @@
-"""The control runtime inside a vLLM worker: per step, map tokens to control rows;
-per layer, run the steering op, then any host-side jobs due at that layer (refusal
-decisions, hallucination probes, early-exit checks), and capture for offline tooling."""
+"""The control runtime inside a vLLM worker: per step, map tokens to control rows and
+fill the device job table; per layer, run the steering op and the job op (refusal
+guards, linear hallucination probes, per-token scores: no read-back), then any
+host-side jobs due at that layer (refusal controllers, MLP probes, early-exit checks:
+eager-only on CUDA), and capture for offline tooling."""
 
 from __future__ import annotations
 
@@ -24,13 +26,16 @@ from vsteer.artifacts import (
 )
 from vsteer.kernels.decide_op import register_decider
 from vsteer.kernels.dispatch import OPS, backend, steer_backend
+from vsteer.kernels.jobs_reference import KIND_COS, KIND_SIGMOID
 from vsteer.kernels.steer_cpu import kernel_seconds
 from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.capture import CaptureCollector
 from vsteer.plugins.channel import WorkerChannel
 from vsteer.plugins.decision import decide, load_decision, write_force
 from vsteer.plugins.early_exit import UNKNOWN, ExitGroup, ExitRun
-from vsteer.plugins.probe_control import ProbeScorer, load_probe_run
+from vsteer.plugins.job_table import JobTable
+from vsteer.plugins.lru_index import TableFull
+from vsteer.plugins.probe_control import load_probe_run, mlp_prefill, table_job
 from vsteer.plugins.request_controls import RequestControls
 from vsteer.plugins.slot_table import SlotTable
 from vsteer.plugins.token_plan import TokenPlan
@@ -62,6 +67,12 @@ class ControlRuntime:
                                shape.hidden_size, shape.dtype, shape.device)
         self.plan = TokenPlan(shape.max_num_tokens, 2 * shape.max_num_reqs,
                               int(cfg.get("max_entries", MAX_STEER_ENTRIES)), shape.device)
+        # per scheduled request at most a guard, a probe chunk and a per-token score
+        self.jobs = JobTable(3 * shape.max_num_reqs, shape.num_layers, shape.hidden_size,
+                             2 * shape.max_num_reqs, shape.max_num_reqs, shape.device,
+                             self.plan.step)
+        # CUDA graphs replay the forward without Python: host-side jobs cannot run there
+        self.host_jobs_ok = self.eager or shape.device.type != "cuda"
         self.capture: CaptureCollector | None = None
         if cfg.get("capture"):
             if not self.eager:
@@ -77,7 +88,6 @@ class ControlRuntime:
         self.skip_after: int | None = None  # this step exited after this layer
         self.lens: Callable[[torch.Tensor], torch.Tensor] | None = None  # x -> token
         self.can_skip = False  # layer skipping installed (eager, attach_model)
-        self.probe_scorer = ProbeScorer(shape.device)
         self._decide_handle = register_decider(self._decide)
         self.steered_tokens = 0
         self.control_seconds = 0.0
@@ -124,6 +134,13 @@ class ControlRuntime:
                 plan.row_scale.device, plan.row_op.device, self.slots.vectors,
                 self.slots.inv_norms, plan.step, layer,
             )
+        jobs = self.jobs
+        if not self.eager or layer in jobs.layers:
+            torch.ops.vsteer.score_jobs(
+                hidden, residual, jobs.jobs_i.device, jobs.jobs_f.device, jobs.coeff.device,
+                jobs.weights, jobs.acc, self.slots.vectors, self.slots.inv_norms, jobs.out,
+                plan.step, layer,
+            )
         if self.eager:
             if self.pending and layer in self.pending:
                 self._decide(layer, hidden, residual)
@@ -149,28 +166,52 @@ class ControlRuntime:
         self.decided.append(rc)
         return bool(coeff)
 
-    def _probe_job(self, rc: RequestControls, a: int, b: int, final: bool,
-                   hidden: torch.Tensor, residual: torch.Tensor | None) -> bool:
+    def _mlp_probe_job(self, rc: RequestControls, a: int, b: int, final: bool,
+                       hidden: torch.Tensor, residual: torch.Tensor | None) -> bool:
         run = rc.probe
-        if not self.probe_scorer.prefill(run, hidden, residual, a, b, final):
+        if not mlp_prefill(run, hidden, residual, a, b, final):
             return False
-        self.probed.append(rc)
-        if not run.fired:
-            return False
-        if run.wire.action == "abstain":
-            self.abstained.add(rc.spec.rid)
-        elif run.wire.action == "mitigate":
-            coeff = dict.fromkeys(run.wire.mitigate_layers, run.wire.scale)
-            write_force(run.source_slot, run.target_slot, coeff, self.slots.vectors,
-                        self.slots.inv_norms)
+        self._probed(rc, run.score, run.fired)
+        if run.fired and run.wire.action == "mitigate":
+            write_force(run.source_slot, run.target_slot, self._mitigation(run)[2],
+                        self.slots.vectors, self.slots.inv_norms)
             return True
         return False
 
-    def _token_job(self, rc: RequestControls, t: int, hidden: torch.Tensor,
-                   residual: torch.Tensor | None) -> bool:
-        score = self.probe_scorer.token(rc.probe, hidden, residual, t)
+    # -- device-table jobs (scheduled before the forward, results after it) ------------
+    def _guard_job(self, rc: RequestControls, t: int) -> None:
+        d = rc.decision
+        force = (d.source_slot, d.target_slot, dict.fromkeys(d.wire.force_layers, d.wire.scale))
+        self.jobs.add(d.wire.layer, t, t + 1, KIND_COS, d.weight_row,
+                      threshold=d.wire.threshold, force=force,
+                      on_result=partial(self._guard_decided, rc))
+        d.done = True
+
+    def _guard_decided(self, rc: RequestControls, score: float, fired: bool) -> None:
+        rc.decision.score, rc.decision.fired = score, fired
+        self.decided.append(rc)
+
+    def _probe_table_job(self, rc: RequestControls, a: int, b: int, final: bool) -> None:
+        run = rc.probe
+        job = table_job(run, a, b, final)
+        if job is not None:
+            force = self._mitigation(run) if run.wire.action == "mitigate" else None
+            self.jobs.add(**job, force=force, on_result=partial(self._probed, rc))
+
+    def _probed(self, rc: RequestControls, score: float, fired: bool) -> None:
+        run = rc.probe
+        run.score, run.fired, run.done = score, fired, True
+        self.probed.append(rc)
+        if fired and run.wire.action == "abstain":
+            self.abstained.add(rc.spec.rid)
+
+    @staticmethod
+    def _mitigation(run) -> tuple[int, int, dict[int, float]]:
+        return (run.source_slot, run.target_slot,
+                dict.fromkeys(run.wire.mitigate_layers, run.wire.scale))
+
+    def _token_scored(self, rc: RequestControls, score: float, fired: bool) -> None:
         self.token_scores.setdefault(rc.spec.rid, []).append(score)
-        return False
 
     def _exit_job(self, group: ExitGroup, layer: int, hidden: torch.Tensor,
                   residual: torch.Tensor | None) -> bool:
@@ -260,21 +301,30 @@ class ControlRuntime:
             if d is not None and not d.done:
                 last = rc.num_prompt_tokens - 1  # decide on the last prompt token
                 if p <= last < p + (b - a):
-                    self._due(d.wire.layer, partial(self._refusal_job, rc, a + last - p))
+                    if d.weight_row >= 0:
+                        self._guard_job(rc, a + last - p)
+                    else:
+                        self._due(d.wire.layer, partial(self._refusal_job, rc, a + last - p))
             pr = rc.probe
             if pr is not None:
                 if not pr.done and split > a:
                     final = p + (split - a) >= rc.num_prompt_tokens
-                    self._due(pr.layer, partial(self._probe_job, rc, a, split, final))
-                if pr.wire.per_token and p + (b - a) >= rc.num_prompt_tokens:
+                    if pr.weight_row >= 0:
+                        self._probe_table_job(rc, a, split, final)
+                    else:
+                        self._due(pr.layer, partial(self._mlp_probe_job, rc, a, split, final))
+                if pr.token_row >= 0 and p + (b - a) >= rc.num_prompt_tokens:
                     # the step's last row samples this request's next token
-                    self._due(pr.token_layer, partial(self._token_job, rc, b - 1))
+                    self.jobs.add(pr.token_layer, b - 1, b, KIND_SIGMOID, pr.token_row,
+                                  bias=pr.probe.token_bias,
+                                  on_result=partial(self._token_scored, rc))
             if self.capture is not None and rc.spec.capture is not None:
                 self.capture.plan(rc.spec.rid, rc.spec.capture.layers, rc.num_prompt_tokens,
                                   a, split, p)
         if exit_rows:
             self._plan_exit(exit_rows, whole_step)
         plan.commit(num_tokens)
+        self.jobs.commit()
         self.steered_tokens += plan.num_active
         self.steps += 1
         self.control_seconds += time.perf_counter() - t0
@@ -284,6 +334,7 @@ class ControlRuntime:
             self.capture.finish_step()
         self.plan.reset()
         self.pending.clear()
+        self.jobs.finish()
         for rc in self.decided:
             d = rc.decision
             self.channel.send({"type": "decision", "rid": rc.spec.rid, "kind": d.wire.kind,
@@ -342,6 +393,8 @@ class ControlRuntime:
             if rc is not None:
                 self._free_rows_of(rc)
                 self.abstained.discard(rc.spec.rid)
+                if rc.probe is not None:
+                    self.jobs.free_acc(rc.probe.acc_row)
                 if self.capture is not None:
                     self.capture.forget(rc.spec.rid)
 
@@ -386,8 +439,16 @@ class ControlRuntime:
             dst = self.slots.acquire(w.target_key, lambda: dict.fromkeys(w.force_layers, zeros),
                                      pinned)
             pinned.add(w.target_key)
-            rc.decision = load_decision(w, src, dst, self.shape.device)
-        except (ArtifactError, OSError) as err:
+            d = load_decision(w, src, dst, self.shape.device)
+            if d.condition is not None:
+                key = f"guard:{w.direction_sha256}@{w.layer}"
+                d.weight_row = self.jobs.weight_row(key, lambda: d.condition, pinned)
+                pinned.add(key)
+                rc.keys.append(key)
+            else:
+                self._need_host_jobs("a refusal controller")
+            rc.decision = d
+        except (ArtifactError, OSError, TableFull) as err:
             msg = f"refusal {w.kind} not applied: {err}"
             log.error(msg)
             self.channel.send({"type": "error", "rid": rc.spec.rid, "message": msg})
@@ -396,10 +457,12 @@ class ControlRuntime:
         rc.add_entry(w.target_key, dst, 1.0, "add", "all")
 
     def _setup_probe(self, rc: RequestControls, w: WireProbe, pinned: set[str]) -> None:
+        run = None
         try:
             run = load_probe_run(w, self.shape.device)
             if (why := run.probe.fingerprint.mismatch(self.fingerprint)) is not None:
                 raise ArtifactError(why)
+            self._place_probe(run, w, rc.keys, pinned)
             if w.action == "mitigate":
                 run.source_slot = self.slots.acquire(w.source_key, lambda: self._load_artifact(
                     w.path, w.sha256, "truth", w.mitigate_layers), pinned)
@@ -408,7 +471,9 @@ class ControlRuntime:
                 run.target_slot = self.slots.acquire(
                     w.target_key, lambda: dict.fromkeys(w.mitigate_layers, zeros), pinned)
                 pinned.add(w.target_key)
-        except (ArtifactError, OSError) as err:
+        except (ArtifactError, OSError, TableFull) as err:
+            if run is not None:
+                self.jobs.free_acc(run.acc_row)
             msg = f"hallucination probe not applied: {err}"
             log.error(msg)
             self.channel.send({"type": "error", "rid": rc.spec.rid, "message": msg})
@@ -418,8 +483,32 @@ class ControlRuntime:
             rc.keys.append(w.source_key)
             rc.add_entry(w.target_key, run.target_slot, 1.0, "add", "all")
 
+    def _place_probe(self, run, w: WireProbe, keys: list[str], pinned: set[str]) -> None:
+        """A linear probe's weights go into the job table (an MLP probe runs host-side)."""
+        p = run.probe
+        if p.probe_type == "linear":
+            key = f"probe:{w.sha256}"
+            run.weight_row = self.jobs.weight_row(key, lambda: p.tensors["weight"], pinned)
+            pinned.add(key)
+            keys.append(key)
+            if p.pooling == "mean":
+                run.acc_row = self.jobs.alloc_acc()
+        else:
+            self._need_host_jobs("an MLP hallucination probe")
+        if w.per_token and p.token_weight is not None:
+            key = f"probe-token:{w.sha256}"
+            run.token_row = self.jobs.weight_row(key, lambda: p.token_weight, pinned)
+            pinned.add(key)
+            keys.append(key)
+
+    def _need_host_jobs(self, what: str) -> None:
+        if not self.host_jobs_ok:
+            raise ArtifactError(f"{what} runs on the host between two layers, which CUDA "
+                                "graphs do not replay: serve with --enforce-eager to use it")
+
     def _setup_exit(self, rc: RequestControls, w: WireExit) -> None:
         try:
+            self._need_host_jobs("early exit")
             run = ExitRun.load(w, self.shape.device)
             if (why := run.model.predictor.fingerprint.mismatch(self.fingerprint)) is not None:
                 raise ArtifactError(why)

@@ -91,9 +91,10 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 unregister = metrics.register_worker_collector(metrics.WorkerStatsCollector(
                     lambda: listener.stats.get(0),
                     lambda: (admission.in_use, admission.waiting)))
-                log.info("vsteer ready: %s, kernels %s, %d steering slots, artifacts %s",
-                         fingerprint.architecture, hello["backends"], cfg.max_steer_slots,
-                         cfg.artifacts)
+                log.info("vsteer ready: %s, %s forward, kernels %s, %d steering slots, "
+                         "artifacts %s", fingerprint.architecture,
+                         "eager" if hello.get("eager") else "compiled", hello["backends"],
+                         cfg.max_steer_slots, cfg.artifacts)
                 try:
                     yield
                 finally:

@@ -245,9 +245,10 @@ def server(model_dir, artifacts, demo_vector, random_vectors, refusal_artifacts,
     srv.stop()
 
 
-def start_server(model_dir: Path, artifacts: Path, log_dir: Path, *extra: str
-                 ) -> ServerProcess:
-    """Start `vsteer serve` (fp32, eager, the test keys) and wait until /health is OK."""
+def start_server(model_dir: Path, artifacts: Path, log_dir: Path, *extra: str,
+                 eager: bool = True) -> ServerProcess:
+    """Start `vsteer serve` (fp32, eager unless told, the test keys) and wait until
+    /health is OK."""
     import httpx
 
     port = _free_port()
@@ -255,7 +256,8 @@ def start_server(model_dir: Path, artifacts: Path, log_dir: Path, *extra: str
     cmd = [sys.executable, "-m", "vsteer.cli", "serve", "--model", str(model_dir),
            "--artifacts", str(artifacts), "--port", str(port), "--api-key", API_KEY,
            "--admin-key", ADMIN_KEY, "--max-steer-slots", str(SERVER_SLOTS),
-           "--enforce-eager", "--dtype", ENGINE_DTYPE, "--max-model-len", "1024", *extra]
+           *(["--enforce-eager"] if eager else []), "--dtype", ENGINE_DTYPE,
+           "--max-model-len", "1024", *extra]
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
     srv = ServerProcess(port, log, proc)

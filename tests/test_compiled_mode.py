@@ -7,7 +7,10 @@ exactly the request that asks, leaving its batch neighbours untouched.
 
 import pytest
 
-from conftest import run_helper
+from vsteer.probe.dataset import prompt_for
+
+from chat_api import ask, ask_together, text
+from conftest import PROBE, run_helper, start_server
 
 pytestmark = pytest.mark.engine
 
@@ -25,3 +28,57 @@ def test_steering_applies_per_request_after_compilation(model_dir, demo_vector, 
         assert run[0] == plain[0] and run[2] == plain[2]  # neighbours untouched
     assert out["plain_again"] == plain  # nothing sticks after steered requests end
     assert out["steered_tokens"] > 0
+
+
+@pytest.fixture(scope="module")
+def compiled_server(model_dir, artifacts, refusal_artifacts, probe_artifacts,
+                    tmp_path_factory):
+    srv = start_server(model_dir, artifacts, tmp_path_factory.mktemp("compiled"),
+                       eager=False)
+    yield srv
+    srv.stop()
+
+
+PROMPTS = [prompt_for(q) for q in ("What is the capital of France?",
+                                   "What is the currency of Japan?",
+                                   "In which country is the city of Mombasa?",
+                                   "What is the capital of Tuvalu?")]
+GUARD_ON = {"refusal": {"mode": "guard", "direction": "refusal", "threshold": -1.0}}
+GUARD_OFF = {"refusal": {"mode": "guard", "direction": "refusal", "threshold": 1.0}}
+FORCE = {"refusal": {"mode": "force", "direction": "refusal"}}
+PER_TOKEN = {"hallucination": {"probe": PROBE, "per_token": True}}
+MITIGATE = {"hallucination": {"probe": PROBE, "action": "mitigate", "threshold": 0.0,
+                              "scale": 2.0}}
+ABSTAIN = {"hallucination": {"probe": PROBE, "action": "abstain", "threshold": 0.0}}
+
+
+def test_guards_and_probes_run_as_table_jobs_in_compiled_mode(server, compiled_server):
+    """Guards, linear probes and per-token scores run inside the compiled graph (the
+    job-table op, no Python per step): their scores equal the eager server's, and their
+    actions take effect."""
+    p, q = PROMPTS[1], "Write a haiku about the first snow of winter"
+    assert ", compiled forward," in compiled_server.log.read_text()
+    for control in (GUARD_ON, GUARD_OFF, PER_TOKEN, MITIGATE, ABSTAIN):
+        prompt = q if "refusal" in control else p
+        eager, comp = ask(server, prompt, control), ask(compiled_server, prompt, control)
+        kind = next(iter(control))
+        e, c = eager["control"][kind], comp["control"][kind]
+        assert c["score"] == pytest.approx(e["score"], abs=2e-3), control
+        for k in ("triggered", "action_taken"):
+            assert c.get(k) == e.get(k), (control, k)
+        if "token_scores" in e:
+            assert c["token_scores"] == pytest.approx(e["token_scores"][:len(c["token_scores"])],
+                                                      abs=2e-3)
+    fired, plain = ask(compiled_server, q, GUARD_ON), ask(compiled_server, q)
+    assert fired["control"]["refusal"]["triggered"] is True
+    assert text(fired) == text(ask(compiled_server, q, FORCE)) != text(plain)
+    assert text(ask(compiled_server, q, GUARD_OFF)) == text(plain)
+    assert text(ask(compiled_server, p, MITIGATE)) != text(ask(compiled_server, p))
+
+
+def test_mixed_batch_in_compiled_mode_equals_solo_runs(compiled_server):
+    q = "Explain how a rainbow forms"
+    cases = [(PROMPTS[0], None), (q, GUARD_ON), (PROMPTS[2], PER_TOKEN), (q, GUARD_OFF),
+             (PROMPTS[0], MITIGATE), (PROMPTS[3], ABSTAIN), (q, None)]
+    solo = [text(ask(compiled_server, p, c)) for p, c in cases]
+    assert ask_together(compiled_server, cases) == solo

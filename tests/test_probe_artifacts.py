@@ -94,25 +94,52 @@ def test_probe_round_trips_and_rejects_bad_files():
                                                ("mlp", "mean"), ("mlp", "last")])
 def test_prefill_score_is_the_same_whole_or_chunked(kind, pooling):
     """The runtime's score equals the artifact's numpy twin on the pooled stream, for a
-    prompt seen in one step or split over three."""
-    from vsteer.plugins.probe_control import ProbeRun, ProbeScorer
+    prompt seen in one step or split over three: linear probes through the job table
+    and `score_jobs` (one step per chunk), MLP probes on the host."""
+    from vsteer.plugins.job_table import JobTable
+    from vsteer.plugins.probe_control import ProbeRun, mlp_prefill, table_job
 
     p = _probe(kind, pooling, seed=3)
     weight = {k: torch.from_numpy(v) for k, v in p.tensors.items()}
     wire = WireProbe(path="", sha256="", action="annotate", threshold=0.5)
-    scorer = ProbeScorer(torch.device("cpu"))
     g = torch.Generator().manual_seed(0)
     hidden, residual = torch.randn(20, 8, generator=g), torch.randn(20, 8, generator=g)
     a, b = 4, 15  # this request's prompt rows in the step
     x = (hidden + residual)[a:b].numpy()
     want = p.score(x.mean(0) if pooling == "mean" else x[-1])
+    table = JobTable(4, p.layer + 1, 8, 2, 2, torch.device("cpu"),
+                     torch.zeros(4, dtype=torch.int64))
+    slots = torch.zeros(1, p.layer + 1, 8), torch.zeros(1, p.layer + 1)
 
-    whole = ProbeRun(wire, p, weight, None)
-    assert scorer.prefill(whole, hidden, residual, a, b, final=True)
-    chunked = ProbeRun(wire, p, weight, None)
-    assert not scorer.prefill(chunked, hidden, residual, a, 7, final=False)
-    assert not scorer.prefill(chunked, hidden, residual, 7, 12, final=False)
-    assert scorer.prefill(chunked, hidden, residual, 12, b, final=True)
+    def feed(run: ProbeRun, lo: int, hi: int, final: bool) -> bool:
+        """One step holding rows lo..hi; True when the probe scored in it."""
+        if kind == "mlp":
+            return mlp_prefill(run, hidden, residual, lo, hi, final)
+        scored = []
+        if (job := table_job(run, lo, hi, final)) is not None:
+            table.add(**job, on_result=lambda s, f: scored.append((s, f)))
+        table.commit()
+        torch.ops.vsteer.score_jobs(hidden, residual, table.jobs_i.device, table.jobs_f.device,
+                                    table.coeff.device, table.weights, table.acc, *slots,
+                                    table.out, table.step, p.layer)
+        table.finish()
+        if scored:
+            run.score, run.fired = scored[0][0], scored[0][1]
+        return bool(scored)
+
+    def new_run() -> ProbeRun:
+        run = ProbeRun(wire, p, weight, None)
+        if kind == "linear":
+            run.weight_row = table.weight_row("w", lambda: p.tensors["weight"], set())
+            run.acc_row = table.alloc_acc() if pooling == "mean" else -1
+        return run
+
+    whole = new_run()
+    assert feed(whole, a, b, final=True)
+    chunked = new_run()
+    assert not feed(chunked, a, 7, final=False)
+    assert not feed(chunked, 7, 12, final=False)
+    assert feed(chunked, 12, b, final=True)
     assert whole.score == pytest.approx(want, abs=1e-5)
     assert chunked.score == pytest.approx(want, abs=1e-5)
     assert whole.done and whole.fired == (whole.score >= 0.5)

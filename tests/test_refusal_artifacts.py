@@ -76,23 +76,16 @@ def test_controller_round_trips_and_runtime_math_matches_the_numpy_twin(tmp_path
     assert coeff == pytest.approx({2: float(w[2]), 3: float(w[3])}, rel=1e-5)
 
 
-def test_guard_decision_writes_the_scaled_force_into_the_private_slot_only_when_fired():
-    cond = torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0])
-    wire = WireDecide(kind="guard", layer=1, direction_path="", direction_sha256="",
-                      force_layers=[2], source_key="s", target_key="t", threshold=0.5, scale=2.0)
+def test_a_fired_force_is_written_into_the_private_slot_at_its_layers_only():
+    """write_force (a fired controller or MLP probe); guards write theirs in the job
+    table op (tests/test_job_table.py)."""
     vectors = torch.zeros(3, 4, 8)
     vectors[1] = torch.arange(32, dtype=torch.float32).view(4, 8)
     inv = torch.zeros(3, 4)
     inv[1] = 1.0 / vectors[1].norm(dim=1)
-    below = Decision(wire, 1, 2, condition=cond)
-    assert decide(below, torch.tensor([1.0, 2, 0, 0, 0, 0, 0, 0])) == {}  # cos = 0.447
-    assert below.done and not below.fired
-    above = Decision(wire, 1, 2, condition=cond)
-    coeff = decide(above, torch.tensor([2.0, 1, 0, 0, 0, 0, 0, 0]))  # cos = 0.894
-    assert above.fired and above.score == pytest.approx(2 / 5 ** 0.5)
-    write_force(above.source_slot, above.target_slot, coeff, vectors, inv)
+    write_force(1, 2, {2: 2.0, 3: 0.0}, vectors, inv)
     torch.testing.assert_close(vectors[2, 2], 2.0 * vectors[1, 2])
-    assert float(vectors[2, [0, 1, 3]].abs().sum()) == 0.0  # only the force layer
+    assert float(vectors[2, [0, 1, 3]].abs().sum()) == 0.0  # only the non-zero force layer
     assert float(inv[2, 2]) == pytest.approx(float(inv[1, 2]) / 2)
 
 
