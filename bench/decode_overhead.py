@@ -5,8 +5,10 @@
 
 The stack is Llama-3-8B-shaped (32 layers, hidden 4096, GQA 32/8 heads of 128, MLP
 14336, bf16) decoding one token for each of 256 sequences against a KV cache. The
-controlled step runs steer_apply after every layer with 256 distinct vectors (one
-per sequence) and a per-token probe at the middle layer; the plain step runs neither.
+controlled step runs what vsteer's runtime runs in a compiled engine: after every
+layer steer_apply (256 distinct vectors, one per sequence) and score_jobs over the
+full job table (3 rows per sequence), which holds a per-token probe job for every
+sequence at the middle layer; the plain step runs neither.
 Both are captured as CUDA graphs and replayed; the ratio of median replay times is
 the overhead. The vLLM (hidden, residual) pair convention is kept.
 """
@@ -26,8 +28,9 @@ from timing import device_name, median_seconds  # noqa: E402
 
 import vsteer.kernels  # noqa: E402,F401
 from vsteer.kernels.dispatch import backend  # noqa: E402
-from vsteer.kernels.probe_reference import PER_TOKEN  # noqa: E402
+from vsteer.kernels.jobs_reference import KIND_SIGMOID  # noqa: E402
 from vsteer.kernels.steer_reference import OP_ADD  # noqa: E402
+from vsteer.plugins.job_table import JobTable  # noqa: E402
 
 
 @dataclass
@@ -78,10 +81,14 @@ class Stack:
         self.row_slot = torch.arange(1, slots + 1, dtype=torch.int32, device=device)[:, None]
         self.row_scale = torch.ones(slots, 1, device=device)
         self.row_op = torch.full((slots, 1), OP_ADD, dtype=torch.int32, device=device)
-        self.step = torch.tensor([s.batch, 1, 1])
-        self.probe_w = w(s.hidden).reshape(-1)
-        self.cu = torch.tensor([0, s.batch], dtype=torch.int32, device=device)
-        self.probe_out = torch.empty(s.batch, device=device)
+        self.step = torch.tensor([s.batch, 1, 1, 0])
+        self.jobs = JobTable(3 * s.batch, s.layers, s.hidden, 2 * s.batch, s.batch, device,
+                             self.step)
+        probe = self.jobs.weight_row("probe", lambda: torch.randn(s.hidden, generator=g)
+                                     .numpy() / s.hidden**0.5, set())
+        for t in range(s.batch):  # each sequence's per-token probe score
+            self.jobs.add(s.layers // 2, t, t + 1, KIND_SIGMOID, probe, bias=0.1)
+        self.jobs.commit()
 
     def forward(self, controls: bool) -> torch.Tensor:
         s, hd = self.s, self.hd
@@ -102,9 +109,10 @@ class Stack:
                 torch.ops.vsteer.steer_apply(hidden, residual, self.token_row, self.row_slot,
                                              self.row_scale, self.row_op, self.vectors,
                                              self.inv, self.step, i)
-                if i == s.layers // 2:
-                    torch.ops.vsteer.probe_score(hidden, residual, self.cu, self.probe_w, 0.0,
-                                                 PER_TOKEN, self.probe_out)
+                j = self.jobs
+                torch.ops.vsteer.score_jobs(hidden, residual, j.jobs_i.device, j.jobs_f.device,
+                                            j.coeff.device, j.weights, j.acc, self.vectors,
+                                            self.inv, j.out, self.step, i)
         return hidden + residual
 
 
@@ -136,10 +144,11 @@ def main() -> None:
         controlled = timed(stack, True, device, graphs=gpu)
     kind = "CUDA graphs" if gpu else "eager CPU smoke run, not a measurement"
     print(f"decode_overhead on {device_name(device)} ({kind}); steer backend "
-          f"{backend('steer_apply', device).name}, probe backend "
-          f"{backend('probe_score', device).name}")
+          f"{backend('steer_apply', device).name}, job backend "
+          f"{backend('score_jobs', device).name}")
     print(f"{shape.layers} layers, hidden {shape.hidden}, batch {shape.batch}, "
-          f"{shape.batch} distinct vectors on all layers + per-token probe")
+          f"{shape.batch} distinct vectors on all layers + job table on all layers "
+          f"({shape.batch} per-token probe jobs)")
     print(f"plain step {plain * 1e3:.3f} ms, controlled step {controlled * 1e3:.3f} ms, "
           f"ratio {controlled / plain:.4f} (overhead {100 * (controlled / plain - 1):.2f}%)")
 
