@@ -23,8 +23,10 @@ from timing import device_name, median_seconds  # noqa: E402
 import vsteer.kernels  # noqa: E402,F401
 from vsteer.kernels.dispatch import backend  # noqa: E402
 from vsteer.kernels.exit_reference import exit_confidence_reference  # noqa: E402
+from vsteer.kernels.jobs_reference import KIND_SIGMOID, score_jobs_reference  # noqa: E402
 from vsteer.kernels.probe_reference import PER_TOKEN, probe_score_reference  # noqa: E402
 from vsteer.kernels.steer_reference import OP_ADD, steer_apply_reference  # noqa: E402
+from vsteer.plugins.job_table import JobTable  # noqa: E402
 
 
 def copy_bandwidth(device: torch.device, nbytes: int) -> float:
@@ -48,6 +50,23 @@ def steer_case(device, tokens, hidden, slots, layers, dtype):
     residual = torch.randn(tokens, hidden, generator=g).to(dtype).to(device)
     step = torch.tensor([tokens, 1, 1])
     return (hidden_t, residual, token_row, row_slot, row_scale, row_op, vectors, inv, step)
+
+
+def jobs_case(device, tokens, hidden, dtype):
+    """A decode step's job table: one per-token probe job per sequence at layer 0, in a
+    table of the runtime's capacity (3 rows per sequence)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    step = torch.zeros(4, dtype=torch.int64)
+    jobs = JobTable(3 * tokens, 2, hidden, 2, 1, device, step)
+    w = jobs.weight_row("probe", lambda: torch.randn(hidden, generator=g).numpy(), set())
+    for t in range(tokens):
+        jobs.add(0, t, t + 1, KIND_SIGMOID, w, bias=0.1)
+    jobs.commit()
+    h = torch.randn(tokens, hidden, generator=g).to(dtype).to(device)
+    vectors = torch.zeros(1, 2, hidden, dtype=dtype, device=device)
+    inv = torch.zeros(1, 2, device=device)
+    return (h, h, jobs.jobs_i.device, jobs.jobs_f.device, jobs.coeff.device, jobs.weights,
+            jobs.acc, vectors, inv, jobs.out)
 
 
 def main() -> None:
@@ -98,6 +117,17 @@ def main() -> None:
                            device)
     print(f"| probe_score per token | T={tokens} H={hidden} | {impl.name} | {t_impl * 1e3:.3f} "
           f"| {t_ref * 1e3:.3f} | {t_ref / t_impl:.1f}x | |")
+
+    tokens, hidden = (256, 4096) if gpu and not args.quick else (32, 576)
+    case = jobs_case(device, tokens, hidden, dtype)
+    impl = backend("score_jobs", device)
+    for layer, what in ((0, f"{tokens} per-token jobs at this layer"),
+                        (1, "no job at this layer")):
+        t_impl = median_seconds(lambda layer=layer: impl.fn(*case, layer), device)
+        t_ref = median_seconds(lambda layer=layer: score_jobs_reference(*case, layer), device,
+                               repeats=5)
+        print(f"| score_jobs, table of {3 * tokens} rows | T={tokens} H={hidden}, {what} | "
+              f"{impl.name} | {t_impl * 1e3:.3f} | {t_ref * 1e3:.3f} | {t_ref / t_impl:.1f}x | |")
 
     tokens, vocab = (256, 128256) if gpu and not args.quick else (16, 49152)
     logits = torch.randn(tokens, vocab, device=device, dtype=dtype)

@@ -1,6 +1,6 @@
 """Which implementation runs each kernel op on a given device type.
 
-CPU runs torch code (`steer_cpu` for steering, the references for the rest); CUDA runs
+CPU runs torch code (`steer_cpu`, `jobs_cpu`, the references for the rest); CUDA runs
 the Triton kernels when `triton` imports, else the references. The choice is logged
 once per (op, device) and exported by the server as `vsteer_kernel_backend`.
 """
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from vsteer.kernels.exit_reference import exit_confidence_reference
+from vsteer.kernels.jobs_cpu import score_jobs_cpu
 from vsteer.kernels.jobs_reference import score_jobs_reference
 from vsteer.kernels.probe_reference import probe_score_reference
 from vsteer.kernels.steer_cpu import steer_apply_cpu
@@ -37,6 +38,7 @@ REFERENCES = {
 }
 _BACKENDS: dict[tuple[str, str], Backend] = {
     ("steer_apply", "cpu"): Backend("torch-cpu", steer_apply_cpu),
+    ("score_jobs", "cpu"): Backend("torch-cpu", score_jobs_cpu),
 }
 _logged: set[tuple[str, str]] = set()
 

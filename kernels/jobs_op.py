@@ -26,7 +26,7 @@ LIB.define(
 JOB_ROWS = 3  # index into `step`
 
 
-def score_jobs_cpu(hidden, residual, jobs_i, jobs_f, coeff, weights, acc, vectors,
+def _score_jobs_cpu_op(hidden, residual, jobs_i, jobs_f, coeff, weights, acc, vectors,
                    inv_norms, out, step, layer) -> None:
     n = int(step[JOB_ROWS])
     if n == 0 or not bool((jobs_i[:n, LAYER] == layer).any()):
@@ -50,6 +50,6 @@ def _score_jobs_fake(hidden, residual, jobs_i, jobs_f, coeff, weights, acc, vect
     return None
 
 
-LIB.impl("score_jobs", score_jobs_cpu, "CPU")
+LIB.impl("score_jobs", _score_jobs_cpu_op, "CPU")
 LIB.impl("score_jobs", _score_jobs_cuda, "CUDA")
 torch.library.register_fake("vsteer::score_jobs", _score_jobs_fake, lib=LIB)

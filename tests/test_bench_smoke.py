@@ -18,11 +18,12 @@ def test_kernels_benchmark_runs():
     text = _run(str(BENCH / "kernels.py"), "--quick", "--device", "cpu")
     for op in ("steer_apply add", "probe_score per token", "exit_confidence"):
         assert f"| {op} |" in text
+    assert text.count("| score_jobs, table of") == 2  # with and without jobs at the layer
 
 
 def test_decode_overhead_benchmark_runs():
     text = _run(str(BENCH / "decode_overhead.py"), "--tiny")
-    assert "ratio" in text and "steer backend torch-cpu" in text
+    assert "ratio" in text and "steer backend torch-cpu, job backend torch-cpu" in text
 
 
 def test_probe_ttft_benchmark_runs(model_dir, artifacts, probe_artifacts):

@@ -161,3 +161,40 @@ def test_op_is_a_no_op_without_jobs():
     before = vectors.clone()
     _run(t, torch.randn(3, H), torch.randn(3, H), vectors, inv)
     assert torch.equal(vectors, before) and bool((t.out == math.pi).all())
+
+
+@pytest.mark.parametrize("residual", [True, False], ids=["pair", "single"])
+def test_cpu_backend_equals_the_reference(residual):
+    """score_jobs_cpu batches last-token jobs without a force and hands the rest to the
+    reference: same outputs, slots and accumulators on a table of every kind."""
+    from vsteer.kernels.jobs_cpu import score_jobs_cpu
+    from vsteer.kernels.jobs_reference import score_jobs_reference
+
+    g = torch.Generator().manual_seed(5)
+    t = _table(capacity=40, weight_rows=3, acc_rows=2)
+    for k in range(3):
+        t.weight_row(f"w{k}", lambda: torch.randn(H, generator=g).numpy(), set())
+    acc = t.alloc_acc()
+    for i in range(30):  # per-token scores, annotate probes and guards at layers 0 and 1
+        t.add(i % 2, i, i + 1, (KIND_COS, KIND_SIGMOID)[i % 3 > 0], i % 3, bias=0.1 * i,
+              threshold=(math.inf, 0.5, 0.0)[i % 3])
+    t.add(1, 2, 9, KIND_SIGMOID, 1, pool=POOL_MEAN, acc_row=acc, first=False, final=True,
+          count=20, threshold=0.0, force=(1, 2, {3: 1.5}))
+    t.add(1, 30, 31, KIND_COS, 0, threshold=-1.0, force=(2, 3, {2: -0.5}))
+    t.commit()
+    h = torch.randn(32, H, generator=g)
+    r = torch.randn(32, H, generator=g) if residual else None
+    t.acc.normal_(generator=g)
+    vectors, inv = _slots()
+    args = (t.jobs_i.host, t.jobs_f.host, t.coeff.host, t.weights)
+    results = []
+    for fn in (score_jobs_reference, score_jobs_cpu):
+        state = (t.acc.clone(), vectors.clone(), inv.clone(), torch.full((40, 2), 7.0))
+        forced = fn(h, r, *args, *state, 1)
+        results.append((forced, state))
+    (f_ref, ref), (f_cpu, got) = results
+    assert f_ref is f_cpu is True
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert bool((ref[3][1:30:2, 1] != 7.0).all())  # the layer-1 jobs scored
+    assert bool((ref[3][0:30:2] == 7.0).all())  # layer-0 jobs untouched
