@@ -128,6 +128,10 @@ def main() -> None:
                                repeats=5)
         print(f"| score_jobs, table of {3 * tokens} rows | T={tokens} H={hidden}, {what} | "
               f"{impl.name} | {t_impl * 1e3:.3f} | {t_ref * 1e3:.3f} | {t_ref / t_impl:.1f}x | |")
+    idle = torch.zeros(4, dtype=torch.int64)  # a step record saying: no job rows
+    t_op = median_seconds(lambda: torch.ops.vsteer.score_jobs(*case, idle, 1), device)
+    print(f"| score_jobs via torch.ops, step without jobs | T={tokens} H={hidden} | "
+          f"{impl.name} | {t_op * 1e3:.4f} | | | |")
 
     tokens, vocab = (256, 128256) if gpu and not args.quick else (16, 49152)
     logits = torch.randn(tokens, vocab, device=device, dtype=dtype)
