@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 
 from vsteer.kernels.dispatch import backend
-from vsteer.kernels.jobs_reference import LAYER
 from vsteer.kernels.library import LIB
 from vsteer.kernels.stamps import next_stamp
 
@@ -27,9 +26,9 @@ JOB_ROWS = 3  # index into `step`
 
 
 def _score_jobs_cpu_op(hidden, residual, jobs_i, jobs_f, coeff, weights, acc, vectors,
-                   inv_norms, out, step, layer) -> None:
+                       inv_norms, out, step, layer) -> None:
     n = int(step[JOB_ROWS])
-    if n == 0 or not bool((jobs_i[:n, LAYER] == layer).any()):
+    if n == 0:
         return
     forced = backend("score_jobs", hidden.device).fn(
         hidden, residual, jobs_i[:n], jobs_f[:n], coeff[:n], weights, acc, vectors,
