@@ -200,7 +200,7 @@ class ControlRuntime:
 
     def _probed(self, rc: RequestControls, score: float, fired: bool) -> None:
         run = rc.probe
-        run.score, run.fired, run.done = score, fired, True
+        run.score, run.fired = score, fired
         self.probed.append(rc)
         if fired and run.wire.action == "abstain":
             self.abstained.add(rc.spec.rid)
@@ -441,10 +441,8 @@ class ControlRuntime:
             pinned.add(w.target_key)
             d = load_decision(w, src, dst, self.shape.device)
             if d.condition is not None:
-                key = f"guard:{w.direction_sha256}@{w.layer}"
-                d.weight_row = self.jobs.weight_row(key, lambda: d.condition, pinned)
-                pinned.add(key)
-                rc.keys.append(key)
+                d.weight_row = self._pin_weight(f"guard:{w.direction_sha256}@{w.layer}",
+                                                d.condition, rc.keys, pinned)
             else:
                 self._need_host_jobs("a refusal controller")
             rc.decision = d
@@ -487,19 +485,23 @@ class ControlRuntime:
         """A linear probe's weights go into the job table (an MLP probe runs host-side)."""
         p = run.probe
         if p.probe_type == "linear":
-            key = f"probe:{w.sha256}"
-            run.weight_row = self.jobs.weight_row(key, lambda: p.tensors["weight"], pinned)
-            pinned.add(key)
-            keys.append(key)
+            run.weight_row = self._pin_weight(f"probe:{w.sha256}", p.tensors["weight"], keys,
+                                              pinned)
             if p.pooling == "mean":
                 run.acc_row = self.jobs.alloc_acc()
         else:
             self._need_host_jobs("an MLP hallucination probe")
         if w.per_token and p.token_weight is not None:
-            key = f"probe-token:{w.sha256}"
-            run.token_row = self.jobs.weight_row(key, lambda: p.token_weight, pinned)
-            pinned.add(key)
-            keys.append(key)
+            run.token_row = self._pin_weight(f"probe-token:{w.sha256}", p.token_weight, keys,
+                                             pinned)
+
+    def _pin_weight(self, key: str, vector: np.ndarray, keys: list[str],
+                    pinned: set[str]) -> int:
+        """`vector`'s row in the job table's weights, held by the request owning `keys`."""
+        row = self.jobs.weight_row(key, lambda: vector, pinned)
+        pinned.add(key)
+        keys.append(key)
+        return row
 
     def _need_host_jobs(self, what: str) -> None:
         if not self.host_jobs_ok:
