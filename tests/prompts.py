@@ -1,4 +1,4 @@
-"""Neutral prompts for steering tests (written for this project)."""
+"""Prompts shared by tests (written for this project)."""
 
 NEUTRAL = [
     "Describe your morning.", "Tell me about the city you live in.",
@@ -12,3 +12,7 @@ NEUTRAL = [
     "What happened at the office today?", "Tell me about your neighbor's dog.",
     "Describe a birthday party.", "Write about cleaning the kitchen.",
 ]
+
+# Geography questions for the hallucination probe `geo-probe` (vsteer probe dataset).
+GEO_QUESTIONS = ["What is the capital of France?", "What is the currency of Japan?",
+                 "In which country is the city of Mombasa?", "What is the capital of Tuvalu?"]

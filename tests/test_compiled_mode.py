@@ -11,6 +11,7 @@ from vsteer.probe.dataset import prompt_for
 
 from chat_api import ask, ask_together, text
 from conftest import PROBE, run_helper, start_server
+from prompts import GEO_QUESTIONS
 
 pytestmark = pytest.mark.engine
 
@@ -39,10 +40,7 @@ def compiled_server(model_dir, artifacts, refusal_artifacts, probe_artifacts,
     srv.stop()
 
 
-PROMPTS = [prompt_for(q) for q in ("What is the capital of France?",
-                                   "What is the currency of Japan?",
-                                   "In which country is the city of Mombasa?",
-                                   "What is the capital of Tuvalu?")]
+PROMPTS = [prompt_for(q) for q in GEO_QUESTIONS]
 GUARD_ON = {"refusal": {"mode": "guard", "direction": "refusal", "threshold": -1.0}}
 GUARD_OFF = {"refusal": {"mode": "guard", "direction": "refusal", "threshold": 1.0}}
 FORCE = {"refusal": {"mode": "force", "direction": "refusal"}}

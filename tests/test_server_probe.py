@@ -13,11 +13,10 @@ from vsteer.probe.dataset import prompt_for
 
 from chat_api import ask, ask_together, body_for, post, text
 from conftest import API_KEY, PROBE, TENANT_KEY
+from prompts import GEO_QUESTIONS
 
 pytestmark = pytest.mark.engine
-QUESTIONS = ["What is the capital of France?", "What is the currency of Japan?",
-             "In which country is the city of Mombasa?", "What is the capital of Tuvalu?"]
-PROMPTS = [prompt_for(q) for q in QUESTIONS]
+PROMPTS = [prompt_for(q) for q in GEO_QUESTIONS]
 TOL = 2e-3  # fp32 engine vs fp32 transformers
 
 
