@@ -61,7 +61,8 @@ def test_guard_fires_forces_its_slot_and_reports_after_the_step():
 
 def test_guard_below_threshold_writes_nothing():
     t, (vectors, inv) = _table(), _slots()
-    row = t.weight_row("guard:a", lambda: np.ones(H, np.float32), set())
+    unit = np.full(H, H**-0.5, np.float32)  # guard conditions are unit vectors
+    row = t.weight_row("guard:a", lambda: unit, set())
     t.add(0, 0, 1, KIND_COS, row, threshold=1.01, force=(1, 2, {3: 1.0}))  # cos <= 1
     t.commit()
     before, serial = vectors.clone(), int(t.step[1])
