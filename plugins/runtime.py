@@ -71,8 +71,6 @@ class ControlRuntime:
         self.jobs = JobTable(3 * shape.max_num_reqs, shape.num_layers, shape.hidden_size,
                              2 * shape.max_num_reqs, shape.max_num_reqs, shape.device,
                              self.plan.step)
-        # CUDA graphs replay the forward without Python: host-side jobs cannot run there
-        self.host_jobs_ok = self.eager or shape.device.type != "cuda"
         self.capture: CaptureCollector | None = None
         if cfg.get("capture"):
             if not self.eager:
@@ -504,9 +502,7 @@ class ControlRuntime:
         return row
 
     def _need_host_jobs(self, what: str) -> None:
-        if not self.host_jobs_ok:
-            raise ArtifactError(f"{what} runs on the host between two layers, which CUDA "
-                                "graphs do not replay: serve with --enforce-eager to use it")
+        require_host_jobs(self.shape.mode, what)
 
     def _setup_exit(self, rc: RequestControls, w: WireExit) -> None:
         try:
@@ -549,6 +545,14 @@ class ControlRuntime:
         if (why := value.fingerprint.mismatch(self.fingerprint)) is not None:
             raise ArtifactError(why)
         return {la: src[la] for la in layers if la in src}
+
+
+def require_host_jobs(mode: compat.ForwardMode, what: str) -> None:
+    """Host-side jobs run between two layers through the `decide` op, which calls back
+    into Python: torch.compile keeps calling it every step, CUDA graphs do not."""
+    if mode.graphs:
+        raise ArtifactError(f"{what} runs on the host between two layers, which CUDA "
+                            "graphs do not replay: serve with --enforce-eager to use it")
 
 
 def _stream_rows(hidden: torch.Tensor, residual: torch.Tensor | None,

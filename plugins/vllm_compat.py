@@ -218,6 +218,39 @@ def live_request_ids(runner: Any) -> KeysView[str]:
 
 
 @dataclass(frozen=True)
+class ForwardMode:
+    """How vLLM will run the model's forward pass, from its resolved config.
+
+    traced: torch.compile traces it (Python inside runs once, at trace time).
+    graphs: CUDA graphs replay it (nothing on the host runs per step inside it).
+    Either way, host-side Python between two layers does not run per step: only ops
+    (torch.library) do. `graphs` keys on the cudagraph mode, not the compilation mode:
+    in vLLM 0.32 graphs replay with `-cc.mode=none` too (TORCH_COMPILE_DISABLE=1,
+    VLLM_USE_BREAKABLE_CUDAGRAPH=1, VLLM_BATCH_INVARIANT=1 on small bf16 models).
+    """
+
+    traced: bool
+    graphs: bool
+
+    @property
+    def python_per_step(self) -> bool:
+        """Host Python inside the forward runs at every step (vLLM's --enforce-eager)."""
+        return not self.traced and not self.graphs
+
+
+def forward_mode(vllm_config: Any, device: torch.device) -> ForwardMode:
+    from vllm.config import CompilationMode, CUDAGraphMode
+
+    cc = vllm_config.compilation_config
+    model = getattr(vllm_config, "model_config", None)
+    enforce_eager = bool(getattr(model, "enforce_eager", False))
+    mode = cc.cudagraph_mode
+    graphs = (device.type == "cuda" and not enforce_eager and mode is not None
+              and mode != CUDAGraphMode.NONE)
+    return ForwardMode(traced=cc.mode != CompilationMode.NONE, graphs=graphs)
+
+
+@dataclass(frozen=True)
 class RunnerShape:
     architecture: str
     num_layers: int
@@ -226,13 +259,17 @@ class RunnerShape:
     device: torch.device
     max_num_tokens: int
     max_num_reqs: int
-    eager: bool
+    mode: ForwardMode
     vsteer_config: dict | None  # additional_config["vsteer"]; None: plugin stays inert
     tp_rank: int
 
+    @property
+    def eager(self) -> bool:
+        """Python inside the forward runs per step (neither traced nor graph-replayed)."""
+        return self.mode.python_per_step
+
 
 def runner_shape(runner: Any) -> RunnerShape:
-    from vllm.config import CompilationMode
     from vllm.distributed import get_tensor_model_parallel_rank
 
     cfg = runner.vllm_config
@@ -247,7 +284,7 @@ def runner_shape(runner: Any) -> RunnerShape:
         device=runner.device,
         max_num_tokens=int(runner.max_num_tokens),
         max_num_reqs=int(runner.max_num_reqs),
-        eager=cfg.compilation_config.mode == CompilationMode.NONE,
+        mode=forward_mode(cfg, runner.device),
         vsteer_config=extra.get("vsteer"),
         tp_rank=get_tensor_model_parallel_rank(),
     )
