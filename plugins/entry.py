@@ -22,7 +22,7 @@ _RUNTIME = None  # ControlRuntime in a worker whose engine vsteer configured
 
 def register() -> None:
     compat.check_vllm_version()
-    compat.force_v1_model_runner()
+    compat.refuse_vsteer_on_v2_runners()
     for site in {(s.module, s.layer_class) for s in HOOK_SITES.values()}:
         try:
             cls = compat.decoder_layer_class(*site)

@@ -43,9 +43,54 @@ def check_vllm_version() -> str:
     return vllm.__version__
 
 
-def force_v1_model_runner() -> None:
-    """vsteer hooks vLLM's V1 GPU/CPU model runner; keep vLLM from choosing runner V2."""
-    os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+V2_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
+
+
+def select_v1_model_runner() -> None:
+    """vsteer hooks vLLM's V1 model runner. Called by whoever builds a vsteer engine
+    (`vsteer_additional_config`), in that process only; the engine's own processes
+    inherit it. The plugin's `register()` never sets it, so a plain vLLM engine in the
+    same environment keeps its own choice (V2 is 0.32's default on CUDA)."""
+    if os.environ.get(V2_RUNNER_ENV) not in (None, "0"):
+        import logging
+
+        logging.getLogger("vsteer.plugin").warning(
+            "vsteer: %s=%s overridden to 0 for this vsteer engine (vsteer hooks the V1 "
+            "model runner)", V2_RUNNER_ENV, os.environ[V2_RUNNER_ENV])
+    os.environ[V2_RUNNER_ENV] = "0"
+
+
+def v2_model_runner_classes() -> list[type]:
+    """vLLM 0.32's V2 model runners (GPU, CPU): vsteer cannot hook them."""
+    classes = []
+    for module in ("vllm.v1.worker.gpu.model_runner", "vllm.v1.worker.cpu.model_runner"):
+        try:
+            classes.append(import_module(module).__dict__[
+                "GPUModelRunner" if ".gpu." in module else "CPUModelRunner"])
+        except (ImportError, KeyError):
+            continue
+    return classes
+
+
+def refuse_vsteer_on_v2_runners() -> None:
+    """A V2 runner asked to load a vsteer-configured engine fails at startup with the
+    fix named, instead of serving every control as a silent no-op. Idempotent."""
+    for cls in v2_model_runner_classes():
+        if getattr(cls, "_vsteer_refuses", False) or "load_model" not in cls.__dict__:
+            continue
+        orig = cls.__dict__["load_model"]
+
+        def load_model(self, *args, _orig=orig, **kwargs):
+            extra = self.vllm_config.additional_config
+            if isinstance(extra, dict) and "vsteer" in extra:
+                raise RuntimeError(
+                    "vsteer hooks vLLM's V1 model runner, but this engine chose the V2 "
+                    f"runner: start it through `vsteer serve` (or set {V2_RUNNER_ENV}=0 in "
+                    "the environment that starts vLLM)")
+            return _orig(self, *args, **kwargs)
+
+        cls.load_model = functools.wraps(orig)(load_model)
+        cls._vsteer_refuses = True
 
 
 # -- decoder layers ---------------------------------------------------------------------

@@ -49,9 +49,14 @@ def test_vsteer_installs_and_compiles_on(version, tmp_path):
     if python is None:
         pytest.skip(f"no python{version} on this machine")
     venv = tmp_path / "venv"
+    (tmp_path / "src").mkdir()
     subprocess.run([python, "-m", "venv", str(venv)], check=True)
     py = str(venv / "bin" / "python")
-    run = subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", str(ROOT)],
+    src = tmp_path / "src"  # a copy: pip builds in-tree and would leave build/ here
+    for name in ("pyproject.toml", "README.md", "vsteer", "server", "plugins", "kernels"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, src / name)
+    run = subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", str(src)],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],

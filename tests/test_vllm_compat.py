@@ -7,6 +7,7 @@ test here pins one of those touch points to the installed vLLM.
 from __future__ import annotations
 
 import inspect
+import os
 
 import pytest
 
@@ -104,12 +105,45 @@ def test_offline_engine_shutdown_path():
     assert callable(EngineCoreClient.shutdown)
 
 
-def test_v2_runner_is_switched_off(monkeypatch):
-    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
-    compat.force_v1_model_runner()
+def test_a_vsteer_engine_selects_the_v1_runner(monkeypatch):
     import os
 
-    assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+    from vsteer.engine_config import vsteer_additional_config
+
+    monkeypatch.setenv(compat.V2_RUNNER_ENV, "1")
+    vsteer_additional_config()
+    assert os.environ[compat.V2_RUNNER_ENV] == "0"
+
+
+def test_plain_vllm_keeps_its_runner_choice_with_vsteer_installed():
+    """vLLM loads every general plugin in every process; vsteer's must not change the
+    runner of an engine it did not configure."""
+    import subprocess
+    import sys
+
+    code = ("import os, vllm.envs as envs\n"
+            "from vllm.plugins import load_general_plugins\n"
+            "load_general_plugins()\n"
+            f"print(repr(os.environ.get({compat.V2_RUNNER_ENV!r})), "
+            f"repr(envs.{compat.V2_RUNNER_ENV}))\n")
+    env = {k: v for k, v in os.environ.items() if k != compat.V2_RUNNER_ENV}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.strip().splitlines()[-1]
+    assert out == "None None"
+
+
+def test_v2_runners_refuse_a_vsteer_engine():
+    from types import SimpleNamespace
+
+    classes = compat.v2_model_runner_classes()
+    assert {c.__module__ for c in classes} == {"vllm.v1.worker.gpu.model_runner",
+                                               "vllm.v1.worker.cpu.model_runner"}
+    compat.refuse_vsteer_on_v2_runners()
+    for cls in classes:
+        runner = SimpleNamespace(vllm_config=SimpleNamespace(
+            additional_config={"vsteer": {}}))
+        with pytest.raises(RuntimeError, match="V1 model runner"):
+            cls.load_model(runner)
 
 
 @pytest.mark.parametrize("site", sorted({(s.module, s.layer_class)

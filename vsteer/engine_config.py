@@ -33,6 +33,12 @@ def runtime_code_hash() -> str:
 
 def vsteer_additional_config(max_steer_slots: int = DEFAULT_STEER_SLOTS,
                              capture: bool = False) -> dict[str, Any]:
+    """The engine's `additional_config`. Whoever asks for it is about to build a vsteer
+    engine, so this also selects vLLM's V1 model runner in this process (inherited by
+    the engine's processes; plain vLLM elsewhere keeps its own default)."""
+    from vsteer.plugins.vllm_compat import select_v1_model_runner
+
+    select_v1_model_runner()
     if max_steer_slots < 1:
         raise ValueError("max_steer_slots must be at least 1")
     return {"vsteer": {"version": __version__, "code": runtime_code_hash(),
