@@ -12,8 +12,10 @@ import logging
 
 import torch
 
+from vsteer.plugins import engine_support
 from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.channel import WorkerChannel
+from vsteer.plugins.engine_support import EngineFeatures
 from vsteer.plugins.hook_sites import HOOK_SITES, site_for
 
 log = logging.getLogger("vsteer.plugin")
@@ -48,6 +50,7 @@ def _on_loaded(runner) -> None:
     shape = compat.runner_shape(runner)
     if shape.vsteer_config is None:
         return
+    engine_support.check(EngineFeatures.of_vllm_config(runner.vllm_config))
     site = site_for(shape.architecture)
     hooked = sum(1 for m in runner.get_model().modules()
                  if type(m).__name__ == site.layer_class and hasattr(m, "_vsteer_layer"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 from vsteer.engine_config import DEFAULT_STEER_SLOTS
@@ -58,13 +59,17 @@ def _rate_limit(text: str) -> RateLimit:
 
 def build_config(argv: list[str]):
     from vsteer.model import resolve_model
+    from vsteer.plugins import engine_support
     from vsteer.plugins import vllm_compat as compat
+    from vsteer.plugins.engine_support import EngineFeatures
     from vsteer.server.app import ServerConfig
 
     ours, rest = parse(argv)
     model = resolve_model(ours.model)
     vargs = compat.vllm_arg_parser().parse_args(
         ["--model", model, "--host", ours.host, "--port", str(ours.port), *rest])
+    # every configuration the runtime would serve wrongly stops here, before any engine
+    engine_support.check(EngineFeatures.of_engine_args(compat.engine_args_from_cli(vargs, {})))
     if vargs.served_model_name is None and Path(model).is_dir():
         vargs.served_model_name = [Path(model).name]  # clients say "SmolLM2-135M-Instruct"
     return ServerConfig(
@@ -90,10 +95,15 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import uvicorn
 
+    from vsteer.plugins.engine_support import UnsupportedEngine
     from vsteer.server.app import create_app
     from vsteer.server.drain import DrainingServer
 
-    cfg = build_config(argv)
+    try:
+        cfg = build_config(argv)
+    except UnsupportedEngine as e:
+        print(f"vsteer serve: {e}", file=sys.stderr)
+        return 2
     cfg.artifacts.mkdir(parents=True, exist_ok=True)
     app = create_app(cfg)
     config = uvicorn.Config(app, host=cfg.vllm_args.host, port=cfg.vllm_args.port,
