@@ -45,9 +45,14 @@ def _exit_confidence_kernel(logits_ptr, out_ptr, vocab, stride, BLOCK_V: tl.cons
     tl.store(out_ptr + t * 3 + 2, tl.log(s) + m - u / s)
 
 
+def launch_config() -> dict:
+    """Constexprs and num_warps of a launch (tests/test_triton_compile.py compiles these)."""
+    return dict(BLOCK_V=1024, num_warps=4)
+
+
 def exit_confidence_triton(logits: torch.Tensor, out: torch.Tensor) -> None:
     """logits: [T, V] (row stride may differ from V); out: [T, 3] float32 contiguous."""
     num_tokens, vocab = logits.shape
     if num_tokens:
         _exit_confidence_kernel[(num_tokens,)](logits, out, vocab, logits.stride(0),
-                                               BLOCK_V=1024, num_warps=4)
+                                               **launch_config())

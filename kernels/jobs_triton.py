@@ -13,26 +13,27 @@ import torch
 import triton
 import triton.language as tl
 
-from vsteer.kernels.jobs_reference import (
-    ACC_ROW,
-    BIAS,
-    COUNT,
-    END,
-    FINAL,
-    FIRST,
-    KIND,
-    KIND_COS,
-    LAYER,
-    NUM_FLOAT_COLUMNS,
-    NUM_INT_COLUMNS,
-    POOL,
-    POOL_MEAN,
-    SOURCE,
-    START,
-    TARGET,
-    THRESHOLD,
-    WEIGHT_ROW,
-)
+from vsteer.kernels import jobs_reference as ref
+
+# The table's column indices and codes, defined once in jobs_reference.py. A kernel may
+# read a global only as a tl.constexpr: the compiler rejects a plain int global
+# ("Cannot access global variable") though the interpreter accepts one.
+LAYER = tl.constexpr(ref.LAYER)
+START = tl.constexpr(ref.START)
+END = tl.constexpr(ref.END)
+KIND = tl.constexpr(ref.KIND)
+POOL = tl.constexpr(ref.POOL)
+WEIGHT_ROW = tl.constexpr(ref.WEIGHT_ROW)
+ACC_ROW = tl.constexpr(ref.ACC_ROW)
+FIRST = tl.constexpr(ref.FIRST)
+FINAL = tl.constexpr(ref.FINAL)
+SOURCE = tl.constexpr(ref.SOURCE)
+TARGET = tl.constexpr(ref.TARGET)
+BIAS = tl.constexpr(ref.BIAS)
+THRESHOLD = tl.constexpr(ref.THRESHOLD)
+COUNT = tl.constexpr(ref.COUNT)
+KIND_COS = tl.constexpr(ref.KIND_COS)
+POOL_MEAN = tl.constexpr(ref.POOL_MEAN)
 
 
 @triton.jit
@@ -96,6 +97,14 @@ def _score_jobs_kernel(
                         tl.store(inv_norms_ptr + target * num_layers + la, inv / tl.abs(c))
 
 
+def launch_config(hidden_size: int, has_residual: bool) -> dict:
+    """Constexprs and num_warps of a launch (tests/test_triton_compile.py compiles these)."""
+    block_h = triton.next_power_of_2(hidden_size)
+    return dict(NI=ref.NUM_INT_COLUMNS, NF=ref.NUM_FLOAT_COLUMNS, HAS_RESIDUAL=has_residual,
+                BLOCK_T=max(1, min(16, 8192 // block_h)), BLOCK_H=block_h,
+                num_warps=4 if block_h <= 2048 else 8)
+
+
 def score_jobs_triton(
     hidden: torch.Tensor,  # [T, H]
     residual: torch.Tensor | None,  # [T, H] or None
@@ -113,13 +122,10 @@ def score_jobs_triton(
     a GPU caller cannot know without a sync, and the Triton steering kernel caches
     nothing derived from the slot table."""
     hidden_size = hidden.shape[1]
-    block_h = triton.next_power_of_2(hidden_size)
     res = residual if residual is not None else hidden
     _score_jobs_kernel[(jobs_i.shape[0],)](
         hidden, res, jobs_i, jobs_f, coeff, weights, acc, vectors, inv_norms, out, layer,
         hidden_size, vectors.shape[1], hidden.stride(0), res.stride(0),
-        NI=NUM_INT_COLUMNS, NF=NUM_FLOAT_COLUMNS, HAS_RESIDUAL=residual is not None,
-        BLOCK_T=max(1, min(16, 8192 // block_h)), BLOCK_H=block_h,
-        num_warps=4 if block_h <= 2048 else 8,
+        **launch_config(hidden_size, residual is not None),
     )
     return False

@@ -61,21 +61,28 @@ def _probe_token_kernel(
     tl.store(out_ptr + t, 1.0 / (1.0 + tl.exp(-z)))
 
 
+def launch(hidden_size: int, has_residual: bool, pooling: int):
+    """The kernel a pooling mode launches, with its constexprs and num_warps
+    (tests/test_triton_compile.py compiles these)."""
+    block_h = triton.next_power_of_2(hidden_size)
+    cfg = dict(HAS_RESIDUAL=has_residual, BLOCK_H=block_h,
+               num_warps=4 if block_h <= 2048 else 8)
+    if pooling == PER_TOKEN:
+        return _probe_token_kernel, cfg
+    return _probe_segment_kernel, dict(cfg, LAST=pooling == POOL_LAST,
+                                       BLOCK_T=max(1, min(16, 8192 // block_h)))
+
+
 def probe_score_triton(hidden, residual, cu_seqlens, weight, bias, pooling, out) -> None:
     num_tokens, hidden_size = hidden.shape
-    block_h = triton.next_power_of_2(hidden_size)
     res = residual if residual is not None else hidden
-    warps = 4 if block_h <= 2048 else 8
+    kernel, cfg = launch(hidden_size, residual is not None, pooling)
     if pooling == PER_TOKEN:
         if num_tokens:
-            _probe_token_kernel[(num_tokens,)](
-                hidden, res, weight, out, float(bias), hidden_size, hidden.stride(0),
-                res.stride(0), HAS_RESIDUAL=residual is not None, BLOCK_H=block_h,
-                num_warps=warps)
+            kernel[(num_tokens,)](hidden, res, weight, out, float(bias), hidden_size,
+                                  hidden.stride(0), res.stride(0), **cfg)
         return
     segments = cu_seqlens.shape[0] - 1
     if segments:
-        _probe_segment_kernel[(segments,)](
-            hidden, res, cu_seqlens, weight, out, float(bias), hidden_size, hidden.stride(0),
-            res.stride(0), HAS_RESIDUAL=residual is not None, LAST=pooling == POOL_LAST,
-            BLOCK_T=max(1, min(16, 8192 // block_h)), BLOCK_H=block_h, num_warps=warps)
+        kernel[(segments,)](hidden, res, cu_seqlens, weight, out, float(bias), hidden_size,
+                            hidden.stride(0), res.stride(0), **cfg)

@@ -59,6 +59,13 @@ def _steer_apply_kernel(
         tl.store(h_ptrs, h.to(hidden_ptr.dtype.element_ty), mask=mask)
 
 
+def launch_config(hidden_size: int, entries: int, has_residual: bool) -> dict:
+    """Constexprs and num_warps of a launch (tests/test_triton_compile.py compiles these)."""
+    block = triton.next_power_of_2(hidden_size)
+    return dict(K=entries, HAS_RESIDUAL=has_residual, BLOCK_H=block,
+                num_warps=4 if block <= 2048 else 8)
+
+
 def steer_apply_triton(
     hidden: torch.Tensor,  # [T, H], modified in place
     residual: torch.Tensor | None,  # [T, H] or None
@@ -74,12 +81,10 @@ def steer_apply_triton(
     num_tokens, hidden_size = hidden.shape
     if num_tokens == 0:
         return
-    block = triton.next_power_of_2(hidden_size)
     res = residual if residual is not None else hidden
     _steer_apply_kernel[(num_tokens,)](
         hidden, res, token_row, row_slot.contiguous(), row_scale.contiguous(),
         row_op.contiguous(), vectors, inv_norms, layer, hidden_size, vectors.shape[1],
         hidden.stride(0), res.stride(0),
-        K=row_slot.shape[1], HAS_RESIDUAL=residual is not None, BLOCK_H=block,
-        num_warps=4 if block <= 2048 else 8,
+        **launch_config(hidden_size, row_slot.shape[1], residual is not None),
     )
