@@ -2,9 +2,15 @@
 lets a request whose hallucination probe fired sample only its end-of-sequence token.
 
 Semantics, per sampling step, for each batch row i held by a request r:
-    if r.rid in runtime.abstained:  logits[i, :] = -inf;  logits[i, eos(r)] = 0
-The probe fires inside the same step's prefill (plugins/runtime.py), before sampling,
+    fired(r) = r.rid in runtime.abstained                 (known on the host: earlier
+                                                            steps, host-side probes)
+               or out[runtime.abstain_jobs[r.rid], FIRED]  (this step's table job, read
+                                                            on the device)
+    if fired(r):  logits[i, :] = -inf;  logits[i, eos(r)] = 0
+The probe scores inside the same step's prefill (plugins/runtime.py), before sampling,
 so the request's first sampled token is its end: nothing is generated past the probe.
+The table job's verdict is applied with a device-side select, so deciding needs no
+read-back of the score (it reaches the host later, through the result mailbox).
 Rows of other requests are untouched. vLLM does not load plugin logits processors
 when speculative decoding is on; abstain then has no effect (the README says so).
 """
@@ -65,10 +71,31 @@ class AbstainLogitsProcessor(_Base):
         if not self.rows:
             return logits
         rt = entry.runtime()
-        if rt is None or not rt.abstained:
+        if rt is None or not (rt.abstained or rt.abstain_jobs):
             return logits
+        pending: list[tuple[int, int, int]] = []  # (batch row, eos, job row)
         for i, (rid, eos) in self.rows.items():
-            if rid in rt.abstained and i < logits.shape[0]:
+            if i >= logits.shape[0]:
+                continue
+            if rid in rt.abstained:
                 logits[i] = float("-inf")
                 logits[i, eos] = 0.0
+            elif (j := rt.abstain_jobs.get(rid)) is not None:
+                pending.append((i, eos, j))
+        if pending:
+            _mask_where_fired(logits, pending, rt.jobs.out)
         return logits
+
+
+def _mask_where_fired(logits: torch.Tensor, pending: list[tuple[int, int, int]],
+                      out: torch.Tensor) -> None:
+    """logits[i] = eos-only where out[j, 1] (fired) for each (i, eos, j); on the device."""
+    idx = torch.tensor(pending, dtype=torch.int64)  # [k, 3]
+    if logits.device.type != "cpu":
+        idx = idx.pin_memory().to(logits.device, non_blocking=True)
+    rows, eos, jobs = idx[:, 0], idx[:, 1], idx[:, 2]
+    fired = out.index_select(0, jobs)[:, 1] > 0  # [k]
+    current = logits.index_select(0, rows)  # [k, V]
+    only_eos = torch.full_like(current, float("-inf"))
+    only_eos.scatter_(1, eos[:, None], 0.0)
+    logits.index_copy_(0, rows, torch.where(fired[:, None], only_eos, current))

@@ -27,6 +27,7 @@ class WorkerChannel:
         self.address = address or os.environ.get(ENV_ADDRESS)
         self.dropped = 0
         self._sock = None
+        self._lock = threading.Lock()  # the runtime and its result reader both send
         if self.address:
             import zmq
 
@@ -39,10 +40,12 @@ class WorkerChannel:
     def send(self, message: dict[str, Any]) -> None:
         if self._sock is None:
             return
-        try:
-            self._sock.send(_encode(message), self._zmq.NOBLOCK)
-        except self._zmq.Again:
-            self.dropped += 1
+        data = _encode(message)
+        with self._lock:
+            try:
+                self._sock.send(data, self._zmq.NOBLOCK)
+            except self._zmq.Again:
+                self.dropped += 1
 
 
 

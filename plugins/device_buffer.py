@@ -20,3 +20,25 @@ class HostDeviceBuffer:
         """Copy row `i` host → device (no-op on CPU)."""
         if self.device is not self.host:
             self.device[i].copy_(self.host[i], non_blocking=True)
+
+
+class UploadFence:
+    """Orders host writes into pinned staging after the device has read the previous
+    step's upload out of it (vLLM fences its own input buffers the same way): `record()`
+    after a step's non-blocking uploads, `wait()` before the next step writes the host
+    rows. The wait is almost always free: the copy was queued ahead of the previous
+    forward. No-op on CPU, where host and device rows are one tensor."""
+
+    def __init__(self, device: torch.device, event_factory=None) -> None:
+        self._new_event = event_factory or (torch.cuda.Event if device.type == "cuda" else None)
+        self._event = None
+
+    def record(self) -> None:
+        if self._new_event is not None:
+            self._event = self._new_event()
+            self._event.record()
+
+    def wait(self) -> None:
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None

@@ -3,10 +3,12 @@
 
 The host fills rows before the forward (one upload, like the token plan); every layer
 then runs the same op over the whole table, so CUDA graphs replay it with new
-contents and nothing in the forward pass reads back to the host. Scores come back in
-one read after the forward. Probe weights and guard conditions live in an fp32 weight
-table (rows by content key, LRU, pinned while a request holds them); mean-pooled
-probes that span prefill chunks keep their running sum in an accumulator row.
+contents and nothing in the forward pass reads back to the host. Scores leave the
+device after the forward through the runtime's ResultMailbox (a non-blocking copy,
+read once its event completes: plugins/result_mailbox.py). Probe weights and guard
+conditions live in an fp32 weight table (rows by content key, LRU, pinned while a
+request holds them); mean-pooled probes that span prefill chunks keep their running
+sum in an accumulator row.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from vsteer.kernels.jobs_reference import (
 )
 from vsteer.plugins.device_buffer import HostDeviceBuffer
 from vsteer.plugins.lru_index import LruIndex, TableFull
+from vsteer.plugins.result_mailbox import ResultMailbox
 
 Force = tuple[int, int, dict[int, float]]  # (source slot, target slot, layer -> coeff)
 OnResult = Callable[[float, bool], None]
@@ -92,9 +95,10 @@ class JobTable:
     def add(self, layer: int, start: int, end: int, kind: int, weight_row: int, *,
             pool: int = POOL_LAST, bias: float = 0.0, threshold: float = math.inf,
             acc_row: int = -1, first: bool = True, final: bool = True, count: int = 1,
-            force: Force | None = None, on_result: OnResult | None = None) -> None:
+            force: Force | None = None, on_result: OnResult | None = None) -> int:
         """One job on token rows [start, end) of this step; `on_result(score, fired)` is
-        called after the forward when the job scores (mean pooling: its final chunk)."""
+        called after the forward when the job scores (mean pooling: its final chunk).
+        Returns the job's row (its result is `out[row]` until the next forward)."""
         j = self.num_jobs
         if j == self.capacity:
             raise TableFull(f"all {self.capacity} job rows of this step are in use")
@@ -111,6 +115,7 @@ class JobTable:
                 self.coeff.np[j, la] = c
         self._on_result.append(on_result if final or pool == POOL_LAST else None)
         self.layers.add(layer)
+        return j
 
     def commit(self) -> None:
         """Upload this step's rows (rows beyond them are inactive on the device)."""
@@ -119,16 +124,13 @@ class JobTable:
             buf.upload(n)
         self.step[JOB_ROWS] = n
 
-    def finish(self) -> None:
-        """After the forward: one read of the scores, each job's callback, and the rows
-        made inactive on the device (a device write: the host rows may still be in
-        flight to it), so warm-up and dummy runs between steps run no job."""
+    def finish(self, mailbox: ResultMailbox) -> None:
+        """After the forward: the step's results posted to `mailbox` (read off the step's
+        path once their copy lands), and the rows made inactive on the device (a device
+        write: the host rows may still be in flight to it), so warm-up and dummy runs
+        between steps run no job. Nothing is read back here."""
         n = self.num_jobs
-        if any(cb is not None for cb in self._on_result):
-            results = self.out[:n].tolist()  # the step's only read-back
-            for cb, (score, fired) in zip(self._on_result, results, strict=True):
-                if cb is not None:
-                    cb(score, fired > 0)
+        mailbox.post(self.out, self._on_result)
         if n:
             self.jobs_i.device[:n, LAYER] = -1
         self._on_result.clear()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -32,11 +33,13 @@ from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.capture import CaptureCollector
 from vsteer.plugins.channel import WorkerChannel
 from vsteer.plugins.decision import decide, load_decision, write_force
+from vsteer.plugins.device_buffer import UploadFence
 from vsteer.plugins.early_exit import UNKNOWN, ExitGroup, ExitRun
 from vsteer.plugins.job_table import JobTable
 from vsteer.plugins.lru_index import TableFull
 from vsteer.plugins.probe_control import load_probe_run, mlp_prefill, table_job
 from vsteer.plugins.request_controls import RequestControls
+from vsteer.plugins.result_mailbox import ResultMailbox
 from vsteer.plugins.slot_table import SlotTable
 from vsteer.plugins.token_plan import TokenPlan
 from vsteer.wire import (
@@ -71,6 +74,13 @@ class ControlRuntime:
         self.jobs = JobTable(3 * shape.max_num_reqs, shape.num_layers, shape.hidden_size,
                              2 * shape.max_num_reqs, shape.max_num_reqs, shape.device,
                              self.plan.step)
+        # The runtime's state is shared with the thread that reads job results
+        # (plugins/result_mailbox.py): both hold this lock while they touch it.
+        self.lock = threading.RLock()
+        self.results = ResultMailbox(self.jobs.capacity, shape.device, self.lock,
+                                     self._flush_reports)
+        self.fence = UploadFence(shape.device)  # host staging vs. the last upload
+        self.abstain_jobs: dict[str, int] = {}  # rid -> job row scoring its abstain, this step
         self.capture: CaptureCollector | None = None
         if cfg.get("capture"):
             if not self.eager:
@@ -194,7 +204,9 @@ class ControlRuntime:
         job = table_job(run, a, b, final)
         if job is not None:
             force = self._mitigation(run) if run.wire.action == "mitigate" else None
-            self.jobs.add(**job, force=force, on_result=partial(self._probed, rc))
+            j = self.jobs.add(**job, force=force, on_result=partial(self._probed, rc))
+            if final and run.wire.action == "abstain":
+                self.abstain_jobs[rc.spec.rid] = j  # read on the device by abstain.py
 
     def _probed(self, rc: RequestControls, score: float, fired: bool) -> None:
         run = rc.probe
@@ -266,7 +278,13 @@ class ControlRuntime:
 
     # -- per step (host side, before and after the forward) ----------------------------
     def before_forward(self, runner, num_tokens: int) -> None:
+        with self.lock:
+            self._before_forward(runner, num_tokens)
+
+    def _before_forward(self, runner, num_tokens: int) -> None:
         t0 = time.perf_counter()
+        self.fence.wait()  # the device has read the last step's staging rows
+        self.abstain_jobs.clear()  # last step's sampling is over
         view = compat.step_view(runner)
         self._forget_finished(runner)
         plan = self.plan
@@ -323,16 +341,29 @@ class ControlRuntime:
             self._plan_exit(exit_rows, whole_step)
         plan.commit(num_tokens)
         self.jobs.commit()
+        self.fence.record()
         self.steered_tokens += plan.num_active
         self.steps += 1
         self.control_seconds += time.perf_counter() - t0
 
     def after_forward(self, runner, num_tokens: int) -> None:
-        if self.capture is not None:
-            self.capture.finish_step()
-        self.plan.reset()
-        self.pending.clear()
-        self.jobs.finish()
+        with self.lock:
+            if self.capture is not None:
+                self.capture.finish_step()
+            self.plan.reset()
+            self.pending.clear()
+            self.jobs.finish(self.results)  # table-job reports follow from its reader
+            self._flush_reports()  # host-job results are known now
+            if self.exit_groups:
+                self._send_exit_records()
+            now = time.monotonic()
+            if now - self._last_stats >= STATS_INTERVAL_S:
+                self._last_stats = now
+                self.send_stats()
+
+    def _flush_reports(self) -> None:
+        """Send the decisions, probe scores and per-token scores known so far (the
+        runtime's lock is held)."""
         for rc in self.decided:
             d = rc.decision
             self.channel.send({"type": "decision", "rid": rc.spec.rid, "kind": d.wire.kind,
@@ -343,16 +374,10 @@ class ControlRuntime:
             self.channel.send({"type": "probe", "rid": rc.spec.rid, "score": run.score,
                                "fired": run.fired, "action": run.wire.action})
         self.probed.clear()
-        if self.exit_groups:
-            self._send_exit_records()
         if self.token_scores:
             if self.shape.tp_rank == 0:  # every rank scores; one reports (lists append)
                 self.channel.send({"type": "token_scores", "scores": self.token_scores})
             self.token_scores = {}
-        now = time.monotonic()
-        if now - self._last_stats >= STATS_INTERVAL_S:
-            self._last_stats = now
-            self.send_stats()
 
     def send_stats(self) -> None:
         pinned = self._pinned()

@@ -14,6 +14,8 @@ from vsteer.kernels.jobs_reference import KIND_COS, KIND_SIGMOID, POOL_MEAN
 from vsteer.plugins.job_table import JobTable
 from vsteer.plugins.lru_index import TableFull
 
+from job_results import finish_step
+
 H, L = 16, 4
 
 
@@ -54,7 +56,7 @@ def test_guard_fires_forces_its_slot_and_reports_after_the_step():
     assert torch.equal(vectors[2, :2], before[2, :2])
     torch.testing.assert_close(inv[2, 3], inv[1, 3] / 2.0)
     assert got == []  # nothing is read back inside the forward pass
-    t.finish()
+    finish_step(t)
     assert got[0][1] is True and got[0][0] == pytest.approx(cos, abs=1e-5)
     assert int(t.jobs_i.device[0, 0]) == -1 and int(t.step[3]) == 0  # inactive again
 
@@ -86,7 +88,7 @@ def test_mean_over_prefill_chunks_equals_one_chunk():
               on_result=lambda s, f: scores.append(s))
         t.commit()
         _run(t, chunk, None, vectors, inv)
-        t.finish()
+        finish_step(t)
     assert scores == [pytest.approx(expect, abs=1e-5)]  # one score, at the last chunk
 
 
@@ -99,7 +101,7 @@ def test_per_token_scores_and_inactive_rows_between_steps():
     t.add(0, 2, 3, KIND_SIGMOID, row, bias=-0.1, on_result=lambda s, f: scores.append((s, f)))
     t.commit()
     _run(t, h, None, vectors, inv)
-    t.finish()
+    finish_step(t)
     assert scores == [(pytest.approx(float(torch.sigmoid(h[2] @ torch.from_numpy(w) - 0.1)),
                                      abs=1e-6), False)]  # threshold +inf: never fires
     t.out.fill_(7.0)
@@ -150,7 +152,7 @@ def test_a_compiled_graph_replays_the_op_with_new_table_contents():
         t.add(1, tok, tok + 1, KIND_SIGMOID, w_row, on_result=lambda s, f, got=got: got.append(s))
         t.commit()
         layer_step(h)
-        t.finish()
+        finish_step(t)
         expect = torch.sigmoid(h[tok] @ t.weights[w_row])
         assert got == [pytest.approx(float(expect), abs=1e-6)], step
     assert len(frames) == 1  # traced once, correct for every step's table

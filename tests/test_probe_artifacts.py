@@ -23,6 +23,8 @@ from vsteer.probe.metrics import auroc, youden_threshold
 from vsteer.probe.questions import build_questions
 from vsteer.wire import WireProbe, WireSpec, encode
 
+from job_results import finish_step
+
 FP = ModelFingerprint("LlamaForCausalLM", 8, 4)
 
 
@@ -122,7 +124,7 @@ def test_prefill_score_is_the_same_whole_or_chunked(kind, pooling):
         torch.ops.vsteer.score_jobs(hidden, residual, table.jobs_i.device, table.jobs_f.device,
                                     table.coeff.device, table.weights, table.acc, *slots,
                                     table.out, table.step, p.layer)
-        table.finish()
+        finish_step(table)
         if scored:
             run.score, run.fired = scored[0][0], scored[0][1]
         return bool(scored)
