@@ -162,44 +162,64 @@ def small_prompt_set(tmp: Path, kind: str, n: int = 16) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def refusal_artifacts(model_dir, artifacts, tmp_path_factory) -> dict:
-    """A direction `refusal` (force layer 11, calibrated) and a controller `refusal-ctrl`,
-    made by the real CLI on 16 + 16 training prompts (small, so the session stays fast)."""
-    tmp = tmp_path_factory.mktemp("refusal-data")
+def vsteer_cli(*args: str, timeout: int) -> str:
+    """Run `vsteer ARGS...` in a fresh interpreter; its stdout, or RuntimeError with its
+    stderr's tail."""
+    proc = subprocess.run([sys.executable, "-m", "vsteer.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"vsteer {' '.join(args[:2])} failed ({proc.returncode}):\n"
+                           f"{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def make_refusal_artifacts(model_dir: Path, artifacts: Path, tmp: Path,
+                           controller: bool = True) -> dict:
+    """A direction `refusal` (force layer 11, calibrated) and, with `controller`, a
+    controller `refusal-ctrl`, made by the real CLI on 16 + 16 training prompts (small,
+    so they are quick). Returns each command's summary by command name."""
     sets = ["--harmful", str(small_prompt_set(tmp, "harmful")),
             "--harmless", str(small_prompt_set(tmp, "harmless"))]
     common = ["--model", str(model_dir), "--artifacts", str(artifacts), *sets]
+    cmds = [["extract", "--name", "refusal", "--layers", "11", "--behaviour-prompts", "8"],
+            ["calibrate", "--direction", "refusal", "--max-fpr", "0.5"]]
+    if controller:
+        cmds.append(["train-controller", "--direction", "refusal", "--name", "refusal-ctrl",
+                     "--epochs", "1"])
     out = {}
-    for cmd in (["extract", "--name", "refusal", "--layers", "11", "--behaviour-prompts", "8"],
-                ["calibrate", "--direction", "refusal", "--max-fpr", "0.5"],
-                ["train-controller", "--direction", "refusal", "--name", "refusal-ctrl",
-                 "--epochs", "1"]):
-        proc = subprocess.run([sys.executable, "-m", "vsteer.cli", "refusal", *cmd, *common],
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        out[cmd[0]] = json.loads(proc.stdout.strip().splitlines()[-1])
+    for cmd in cmds:
+        stdout = vsteer_cli("refusal", *cmd, *common, timeout=600)
+        out[cmd[0]] = json.loads(stdout.strip().splitlines()[-1])
     return out
+
+
+@pytest.fixture(scope="session")
+def refusal_artifacts(model_dir, artifacts, tmp_path_factory) -> dict:
+    """A direction `refusal` and a controller `refusal-ctrl` (make_refusal_artifacts)."""
+    return make_refusal_artifacts(model_dir, artifacts, tmp_path_factory.mktemp("refusal-data"))
 
 
 PROBE = "geo-probe"
 
 
-@pytest.fixture(scope="session")
-def probe_artifacts(model_dir, artifacts, tmp_path_factory) -> dict:
+def make_probe_artifacts(model_dir: Path, artifacts: Path, tmp: Path) -> dict:
     """A hallucination probe `geo-probe` (with a per-token probe), made by the real CLI:
     `probe dataset` on 200 questions spread over the geography set, then `probe train`.
     Returns the train summary plus the dataset's path."""
-    tmp = tmp_path_factory.mktemp("probe-data")
     data = tmp / "qa.jsonl"
-    cli = [sys.executable, "-m", "vsteer.cli", "probe"]
-    for cmd in (["dataset", "--model", str(model_dir), "--out", str(data), "--limit", "200"],
-                ["train", "--model", str(model_dir), "--data", str(data), "--name", PROBE,
-                 "--artifacts", str(artifacts), "--report", str(tmp / "report")]):
-        proc = subprocess.run([*cli, *cmd], capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    vsteer_cli("probe", "dataset", "--model", str(model_dir), "--out", str(data),
+               "--limit", "200", timeout=900)
+    stdout = vsteer_cli("probe", "train", "--model", str(model_dir), "--data", str(data),
+                        "--name", PROBE, "--artifacts", str(artifacts),
+                        "--report", str(tmp / "report"), timeout=900)
+    summary = json.loads(stdout[stdout.index("{"):])
     return {**summary, "data": data}
+
+
+@pytest.fixture(scope="session")
+def probe_artifacts(model_dir, artifacts, tmp_path_factory) -> dict:
+    """A hallucination probe `geo-probe` (make_probe_artifacts)."""
+    return make_probe_artifacts(model_dir, artifacts, tmp_path_factory.mktemp("probe-data"))
 
 
 EXIT = "smol-exit"

@@ -172,9 +172,20 @@ def test_abstain_processor_masks_only_abstained_rows(monkeypatch):
     assert proc.rows == {1: ("r3", 5), 2: ("r0", 7)}
     logits = torch.randn(4, 10)
     before = logits.clone()
-    monkeypatch.setattr(entry, "_RUNTIME", SimpleNamespace(abstained={"r3"}))
+    monkeypatch.setattr(entry, "_RUNTIME", SimpleNamespace(abstained={"r3"}, abstain_jobs={}))
     out = proc.apply(logits)
     assert int(out[1].argmax()) == 5 and torch.isinf(out[1]).sum() == 9  # only eos left
     torch.testing.assert_close(out[[0, 2, 3]], before[[0, 2, 3]])  # r0 did not fire
+    # this step's table job decides on the device: r0's job (row 1) fired, then did not
+    for fired in (1.0, 0.0):
+        table = SimpleNamespace(out=torch.tensor([[0.1, 0.0], [0.9, fired]]))
+        monkeypatch.setattr(entry, "_RUNTIME", SimpleNamespace(
+            abstained=set(), abstain_jobs={"r0": 1}, jobs=table))
+        out = proc.apply(before.clone())
+        if fired:
+            assert int(out[2].argmax()) == 7 and torch.isinf(out[2]).sum() == 9
+        else:
+            torch.testing.assert_close(out[2], before[2])
+        torch.testing.assert_close(out[[0, 1, 3]], before[[0, 1, 3]])
     monkeypatch.setattr(entry, "_RUNTIME", None)
     torch.testing.assert_close(proc.apply(before.clone()), before)
