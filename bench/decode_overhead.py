@@ -111,7 +111,8 @@ class Stack:
                                              self.inv, self.step, i)
                 j = self.jobs
                 torch.ops.vsteer.score_jobs(hidden, residual, j.jobs_i.device, j.jobs_f.device,
-                                            j.coeff.device, j.weights, j.acc, self.vectors,
+                                            j.coeff.device, j.layer_index.device, j.weights,
+                                            j.acc, self.vectors,
                                             self.inv, j.out, self.step, i)
         return hidden + residual
 

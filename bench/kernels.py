@@ -65,8 +65,8 @@ def jobs_case(device, tokens, hidden, dtype):
     h = torch.randn(tokens, hidden, generator=g).to(dtype).to(device)
     vectors = torch.zeros(1, 2, hidden, dtype=dtype, device=device)
     inv = torch.zeros(1, 2, device=device)
-    return (h, h, jobs.jobs_i.device, jobs.jobs_f.device, jobs.coeff.device, jobs.weights,
-            jobs.acc, vectors, inv, jobs.out)
+    return (h, h, jobs.jobs_i.device, jobs.jobs_f.device, jobs.coeff.device,
+            jobs.layer_index.device, jobs.weights, jobs.acc, vectors, inv, jobs.out)
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ def score_jobs_cpu(
     jobs_i: torch.Tensor,  # [J, NI] int32
     jobs_f: torch.Tensor,  # [J, NF] float32
     coeff: torch.Tensor,  # [J, L] float32
+    layer_index: torch.Tensor,  # [L + 1 + J] int32 (not read: scanning J rows is cheaper)
     weights: torch.Tensor,  # [W, H] float32
     acc: torch.Tensor,  # [A, H] float32, written
     vectors: torch.Tensor,  # [S, L, H], written
@@ -61,6 +62,7 @@ def score_jobs_cpu(
         return False
     sub_out = out[rest]  # a copy: written back below
     forced = score_jobs_reference(hidden, residual, jobs_i[rest], jobs_f[rest], coeff[rest],
-                                  weights, acc, vectors, inv_norms, sub_out, layer)
+                                  layer_index, weights, acc, vectors, inv_norms, sub_out,
+                                  layer)
     out[rest] = sub_out
     return forced

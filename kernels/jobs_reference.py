@@ -19,12 +19,19 @@ Semantics, at layer `layer`, for every job j with jobs_i[j, LAYER] == layer
         vectors[TARGET, l] = c · vectors[SOURCE, l]           (rounded once)
         inv_norms[TARGET, l] = inv_norms[SOURCE, l] / |c|
 Jobs at other layers, and rows with LAYER = -1, are untouched (out included).
+`layer_index` [L + 1 + J] int32 lists the same jobs by layer (build_layer_index): the
+jobs at layer l are layer_index[L + 1 + k] for k in [layer_index[l], layer_index[l + 1]).
+It changes nothing in the semantics; the GPU kernel reads it so that a layer costs
+O(jobs at that layer). The reference and the CPU kernel scan LAYER instead.
 The force acts at layers after `layer` in this very forward pass: the caller must put
 every force layer above the job's layer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 
 # jobs_i columns
@@ -40,12 +47,30 @@ POOL_LAST = 0
 POOL_MEAN = 1
 
 
+def build_layer_index(layers: Sequence[int], num_layers: int, capacity: int) -> np.ndarray:
+    """`layers[j]` = job row j's layer (-1: inactive, not indexed) -> the
+    [L + 1 + capacity] int32 index: segment starts by layer, then job rows by layer."""
+    index = np.zeros(num_layers + 1 + capacity, np.int32)
+    la = np.asarray(layers, np.int64)
+    rows = np.flatnonzero(la >= 0)  # active job rows
+    if rows.size:
+        active = la[rows]
+        if active.max() >= num_layers:
+            raise ValueError(f"job layers must lie in [0, {num_layers})")
+        counts = np.bincount(active, minlength=num_layers)  # [L]
+        np.cumsum(counts, out=index[1:num_layers + 1])
+        index[num_layers + 1:num_layers + 1 + rows.size] = rows[np.argsort(active,
+                                                                           kind="stable")]
+    return index
+
+
 def score_jobs_reference(
     hidden: torch.Tensor,  # [T, H]
     residual: torch.Tensor | None,  # [T, H] or None
     jobs_i: torch.Tensor,  # [J, NUM_INT_COLUMNS] int32
     jobs_f: torch.Tensor,  # [J, NUM_FLOAT_COLUMNS] float32
     coeff: torch.Tensor,  # [J, L] float32
+    layer_index: torch.Tensor,  # [L + 1 + J] int32 (not read: see the module docstring)
     weights: torch.Tensor,  # [W, H] float32
     acc: torch.Tensor,  # [A, H] float32, written
     vectors: torch.Tensor,  # [S, L, H] slot table, written

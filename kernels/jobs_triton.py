@@ -1,10 +1,12 @@
 """Triton kernel for `score_jobs`, twin of jobs_reference.py.
 
-Semantics: see jobs_reference.py. One program per table row (the grid is the table's
-fixed capacity, so a captured CUDA graph replays with whatever the table holds); a
-program whose job is not at this layer returns after one load. A job pools its token
-rows in blocks of rows into one [H] fp32 vector, scores it, and, when it fires, walks
-the layers writing its force rows.
+Semantics: see jobs_reference.py. The grid is a fixed number of programs (NPROG, from
+the table's capacity: shapes only, so a captured CUDA graph replays with whatever the
+table holds); the programs share out the jobs at this layer, which they find through
+the table's per-layer index (`layer_index`, see jobs_reference.build_layer_index), so a
+layer costs O(jobs at this layer), not O(capacity): a layer without jobs costs two
+loads per program. A job pools its token rows in blocks of rows into one [H] fp32
+vector, scores it, and, when it fires, walks the layers writing its force rows.
 """
 
 from __future__ import annotations
@@ -37,14 +39,14 @@ POOL_MEAN = tl.constexpr(ref.POOL_MEAN)
 
 
 @triton.jit
-def _score_jobs_kernel(
-    hidden_ptr, residual_ptr, jobs_i_ptr, jobs_f_ptr, coeff_ptr, weights_ptr, acc_ptr,
+def _score_job(
+    j, hidden_ptr, residual_ptr, jobs_i_ptr, jobs_f_ptr, coeff_ptr, weights_ptr, acc_ptr,
     vectors_ptr, inv_norms_ptr, out_ptr, layer, hidden_size, num_layers,
     stride_hidden, stride_residual,
     NI: tl.constexpr, NF: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    j = tl.program_id(0)
+    # job row j, at this layer by the index (its LAYER column is checked again)
     ji = jobs_i_ptr + j * NI
     if tl.load(ji + LAYER) == layer:
         start = tl.load(ji + START)
@@ -96,13 +98,39 @@ def _score_jobs_kernel(
                         inv = tl.load(inv_norms_ptr + source * num_layers + la)
                         tl.store(inv_norms_ptr + target * num_layers + la, inv / tl.abs(c))
 
+@triton.jit
+def _score_jobs_kernel(
+    hidden_ptr, residual_ptr, jobs_i_ptr, jobs_f_ptr, coeff_ptr, layer_index_ptr,
+    weights_ptr, acc_ptr, vectors_ptr, inv_norms_ptr, out_ptr, layer, hidden_size,
+    num_layers, stride_hidden, stride_residual,
+    NI: tl.constexpr, NF: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, NPROG: tl.constexpr,
+):
+    # the jobs at this layer are layer_index[L + 1 + k] for k in [lo, hi): program p
+    # takes k = lo + p, lo + p + NPROG, ... (no job at the layer: one pair of loads)
+    lo = tl.load(layer_index_ptr + layer)
+    hi = tl.load(layer_index_ptr + layer + 1)
+    for k in range(lo + tl.program_id(0), hi, NPROG):
+        j = tl.load(layer_index_ptr + num_layers + 1 + k)
+        _score_job(j, hidden_ptr, residual_ptr, jobs_i_ptr, jobs_f_ptr, coeff_ptr,
+                   weights_ptr, acc_ptr, vectors_ptr, inv_norms_ptr, out_ptr, layer,
+                   hidden_size, num_layers, stride_hidden, stride_residual,
+                   NI, NF, HAS_RESIDUAL, BLOCK_T, BLOCK_H)
 
-def launch_config(hidden_size: int, has_residual: bool) -> dict:
+
+MAX_PROGRAMS = 64  # programs per launch at most: each takes every NPROG-th job
+
+
+def num_programs(capacity: int) -> int:
+    return max(1, min(MAX_PROGRAMS, capacity))
+
+
+def launch_config(hidden_size: int, has_residual: bool, capacity: int = MAX_PROGRAMS) -> dict:
     """Constexprs and num_warps of a launch (tests/test_triton_compile.py compiles these)."""
     block_h = triton.next_power_of_2(hidden_size)
     return dict(NI=ref.NUM_INT_COLUMNS, NF=ref.NUM_FLOAT_COLUMNS, HAS_RESIDUAL=has_residual,
                 BLOCK_T=max(1, min(16, 8192 // block_h)), BLOCK_H=block_h,
-                num_warps=4 if block_h <= 2048 else 8)
+                NPROG=num_programs(capacity), num_warps=4 if block_h <= 2048 else 8)
 
 
 def score_jobs_triton(
@@ -111,6 +139,7 @@ def score_jobs_triton(
     jobs_i: torch.Tensor,  # [J, NUM_INT_COLUMNS] int32 contiguous
     jobs_f: torch.Tensor,  # [J, NUM_FLOAT_COLUMNS] float32 contiguous
     coeff: torch.Tensor,  # [J, L] float32 contiguous
+    layer_index: torch.Tensor,  # [L + 1 + J] int32 (jobs_reference.build_layer_index)
     weights: torch.Tensor,  # [W, H] float32 contiguous
     acc: torch.Tensor,  # [A, H] float32 contiguous
     vectors: torch.Tensor,  # [S, L, H] contiguous
@@ -123,9 +152,10 @@ def score_jobs_triton(
     nothing derived from the slot table."""
     hidden_size = hidden.shape[1]
     res = residual if residual is not None else hidden
-    _score_jobs_kernel[(jobs_i.shape[0],)](
-        hidden, res, jobs_i, jobs_f, coeff, weights, acc, vectors, inv_norms, out, layer,
-        hidden_size, vectors.shape[1], hidden.stride(0), res.stride(0),
-        **launch_config(hidden_size, residual is not None),
+    capacity = jobs_i.shape[0]
+    _score_jobs_kernel[(num_programs(capacity),)](
+        hidden, res, jobs_i, jobs_f, coeff, layer_index, weights, acc, vectors, inv_norms,
+        out, layer, hidden_size, vectors.shape[1], hidden.stride(0), res.stride(0),
+        **launch_config(hidden_size, residual is not None, capacity),
     )
     return False

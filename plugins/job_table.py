@@ -38,6 +38,7 @@ from vsteer.kernels.jobs_reference import (
     TARGET,
     THRESHOLD,
     WEIGHT_ROW,
+    build_layer_index,
 )
 from vsteer.plugins.device_buffer import HostDeviceBuffer
 from vsteer.plugins.lru_index import LruIndex, TableFull
@@ -58,6 +59,10 @@ class JobTable:
             torch.zeros(capacity, NUM_FLOAT_COLUMNS, dtype=torch.float32), device)  # [J, NF]
         self.coeff = HostDeviceBuffer(
             torch.zeros(capacity, num_layers, dtype=torch.float32), device)  # [J, L]
+        self.num_layers = num_layers
+        self.layer_index = HostDeviceBuffer(
+            torch.zeros(num_layers + 1 + capacity, dtype=torch.int32), device)  # [L+1+J]
+        self._job_layers: list[int] = []
         self.weights = torch.zeros(weight_rows, hidden_size, dtype=torch.float32,
                                    device=device)  # [W, H]
         self.acc = torch.zeros(acc_rows, hidden_size, dtype=torch.float32,
@@ -114,6 +119,7 @@ class JobTable:
                     raise ValueError(f"force layer {la} is not after the job's layer {layer}")
                 self.coeff.np[j, la] = c
         self._on_result.append(on_result if final or pool == POOL_LAST else None)
+        self._job_layers.append(layer)
         self.layers.add(layer)
         return j
 
@@ -122,6 +128,10 @@ class JobTable:
         n = self.num_jobs
         for buf in (self.jobs_i, self.jobs_f, self.coeff):
             buf.upload(n)
+        if n:
+            self.layer_index.np[:] = build_layer_index(self._job_layers, self.num_layers,
+                                                       self.capacity)
+            self.layer_index.upload(self.num_layers + 1 + n)
         self.step[JOB_ROWS] = n
 
     def finish(self, mailbox: ResultMailbox) -> None:
@@ -133,6 +143,8 @@ class JobTable:
         mailbox.post(self.out, self._on_result)
         if n:
             self.jobs_i.device[:n, LAYER] = -1
+            self.layer_index.device[: self.num_layers + 1] = 0  # no job at any layer
+        self._job_layers.clear()
         self._on_result.clear()
         self.layers.clear()
         self.step[JOB_ROWS] = 0

@@ -146,8 +146,8 @@ class ControlRuntime:
         if not self.eager or layer in jobs.layers:
             torch.ops.vsteer.score_jobs(
                 hidden, residual, jobs.jobs_i.device, jobs.jobs_f.device, jobs.coeff.device,
-                jobs.weights, jobs.acc, self.slots.vectors, self.slots.inv_norms, jobs.out,
-                plan.step, layer,
+                jobs.layer_index.device, jobs.weights, jobs.acc, self.slots.vectors,
+                self.slots.inv_norms, jobs.out, plan.step, layer,
             )
         if self.eager:
             if self.pending and layer in self.pending:

@@ -32,7 +32,8 @@ def _slots():
 def _run(t: JobTable, hidden, residual, vectors, inv, layers=range(L)):
     for la in layers:
         torch.ops.vsteer.score_jobs(hidden, residual, t.jobs_i.device, t.jobs_f.device,
-                                    t.coeff.device, t.weights, t.acc, vectors, inv, t.out,
+                                    t.coeff.device, t.layer_index.device, t.weights, t.acc, vectors,
+                                    inv, t.out,
                                     t.step, la)
 
 
@@ -142,7 +143,8 @@ def test_a_compiled_graph_replays_the_op_with_new_table_contents():
     @torch.compile(backend=count_frames, fullgraph=True)
     def layer_step(hidden):
         torch.ops.vsteer.score_jobs(hidden, None, t.jobs_i.device, t.jobs_f.device,
-                                    t.coeff.device, t.weights, t.acc, vectors, inv, t.out,
+                                    t.coeff.device, t.layer_index.device, t.weights, t.acc, vectors,
+                                    inv, t.out,
                                     t.step, 1)
         return hidden * 2
 
@@ -189,7 +191,7 @@ def test_cpu_backend_equals_the_reference(residual):
     r = torch.randn(32, H, generator=g) if residual else None
     t.acc.normal_(generator=g)
     vectors, inv = _slots()
-    args = (t.jobs_i.host, t.jobs_f.host, t.coeff.host, t.weights)
+    args = (t.jobs_i.host, t.jobs_f.host, t.coeff.host, t.layer_index.host, t.weights)
     results = []
     for fn in (score_jobs_reference, score_jobs_cpu):
         state = (t.acc.clone(), vectors.clone(), inv.clone(), torch.full((40, 2), 7.0))
@@ -201,3 +203,21 @@ def test_cpu_backend_equals_the_reference(residual):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert bool((ref[3][1:30:2, 1] != 7.0).all())  # the layer-1 jobs scored
     assert bool((ref[3][0:30:2] == 7.0).all())  # layer-0 jobs untouched
+
+
+def test_layer_index_lists_each_layers_jobs_and_empties_after_the_step():
+    """The GPU kernel finds a layer's jobs through the index (O(jobs at the layer)):
+    it must list exactly the rows whose LAYER is that layer, and none after finish."""
+    t = _table(capacity=6)
+    row = t.weight_row("w", lambda: np.ones(H, np.float32), set())
+    for la in (2, 0, 2, 3, 0):
+        t.add(la, 0, 1, KIND_SIGMOID, row)
+    t.commit()
+    idx = t.layer_index.device.tolist()
+    for la in range(L):
+        got = sorted(idx[L + 1 + k] for k in range(idx[la], idx[la + 1]))
+        want = [j for j in range(t.num_jobs) if int(t.jobs_i.device[j, 0]) == la]
+        assert got == want, la
+    finish_step(t)
+    idx = t.layer_index.device.tolist()
+    assert all(idx[la] == idx[la + 1] for la in range(L))  # no layer has a job

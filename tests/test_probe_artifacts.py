@@ -122,7 +122,8 @@ def test_prefill_score_is_the_same_whole_or_chunked(kind, pooling):
             table.add(**job, on_result=lambda s, f: scored.append((s, f)))
         table.commit()
         torch.ops.vsteer.score_jobs(hidden, residual, table.jobs_i.device, table.jobs_f.device,
-                                    table.coeff.device, table.weights, table.acc, *slots,
+                                    table.coeff.device, table.layer_index.device, table.weights,
+                                    table.acc, *slots,
                                     table.out, table.step, p.layer)
         finish_step(table)
         if scored:

@@ -17,7 +17,12 @@ import torch
 
 from vsteer.kernels.exit_reference import exit_confidence_reference
 from vsteer.kernels.exit_triton import exit_confidence_triton
-from vsteer.kernels.jobs_reference import KIND_COS, KIND_SIGMOID, score_jobs_reference
+from vsteer.kernels.jobs_reference import (
+    KIND_COS,
+    KIND_SIGMOID,
+    build_layer_index,
+    score_jobs_reference,
+)
 from vsteer.kernels.jobs_reference import POOL_LAST as POOL_LAST_J
 from vsteer.kernels.jobs_reference import POOL_MEAN as POOL_MEAN_J
 from vsteer.kernels.jobs_triton import score_jobs_triton
@@ -168,10 +173,12 @@ def test_score_jobs(dtype, tokens, hidden, residual):
     vectors = torch.randn(7, layers, hidden, generator=g).to(dtype)
     inv = 1.0 / vectors.float().norm(dim=-1)
     state = {}
+    index = torch.from_numpy(build_layer_index(jobs_i[:, 0].tolist(), layers, len(jobs_i)))
     for side, fn in (("ref", score_jobs_reference), ("triton", score_jobs_triton)):
         t = dict(acc=acc.clone(), vectors=vectors.clone(), inv=inv.clone(),
                  out=torch.full((jobs_i.shape[0], 2), 7.0))
-        fn(h, r, jobs_i, jobs_f, coeff, weights, t["acc"], t["vectors"], t["inv"], t["out"], 1)
+        fn(h, r, jobs_i, jobs_f, coeff, index, weights, t["acc"], t["vectors"], t["inv"],
+           t["out"], 1)
         state[side] = t
     ref, got = state["ref"], state["triton"]
     torch.testing.assert_close(got["out"], ref["out"], rtol=0, atol=1e-5)
@@ -187,3 +194,31 @@ def test_score_jobs(dtype, tokens, hidden, residual):
     assert torch.equal(got["vectors"][4], vectors[4])  # the guard that did not fire
     assert torch.equal(got["vectors"][6], vectors[6])  # the job at layer 2
     assert torch.equal(got["acc"][[2, 3]], acc[[2, 3]])  # layer-2 / inactive rows
+
+
+@pytest.mark.parametrize("capacity,at_layer", [(300, 200), (8, 3), (64, 0)])
+def test_score_jobs_shares_a_layers_jobs_among_a_fixed_grid(capacity, at_layer):
+    """More jobs at the layer than programs (each program takes every NPROG-th one),
+    jobs at other layers in between, and a layer with none: equal to the reference."""
+    g = torch.Generator().manual_seed(capacity + at_layer)
+    tokens, hidden, layers = max(at_layer, 1) + 2, 96, 3
+    h = torch.randn(tokens, hidden, generator=g)
+    layer_of = [1 if j % 3 != 2 else 2 for j in range(capacity)]  # 2/3 of rows at layer 1
+    here = [j for j in range(capacity) if layer_of[j] == 1][:at_layer]
+    layer_of = [la if (la != 1 or j in here) else 0 for j, la in enumerate(layer_of)]
+    rows = [[la, j % tokens, j % tokens + 1, KIND_SIGMOID, POOL_LAST_J, j % 2, -1, 1, 1, -1, -1]
+            for j, la in enumerate(layer_of)]
+    jobs_i = torch.tensor(rows, dtype=torch.int32)
+    jobs_f = torch.tensor([[0.01 * j, 0.5, 1.0] for j in range(capacity)])
+    coeff = torch.zeros(capacity, layers)
+    weights = torch.randn(2, hidden, generator=g) / hidden**0.5
+    index = torch.from_numpy(build_layer_index(layer_of, layers, capacity))
+    vectors, inv = torch.zeros(1, layers, hidden), torch.zeros(1, layers)
+    outs = []
+    for fn in (score_jobs_reference, score_jobs_triton):
+        out = torch.full((capacity, 2), 7.0)
+        fn(h, None, jobs_i, jobs_f, coeff, index, weights, torch.zeros(1, hidden), vectors,
+           inv, out, 1)
+        outs.append(out)
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-5)
+    assert int((outs[0][:, 0] != 7.0).sum()) == at_layer  # exactly the layer's jobs scored
