@@ -120,7 +120,8 @@ def launches(dtype: str, hidden_size: int) -> list[Launch]:
             out.append(_launch(name, fn, args, cfg))
         out.append(_launch("jobs", jobs_triton._score_jobs_kernel, dict(
             hidden_ptr=a, residual_ptr=a, jobs_i_ptr=i32, jobs_f_ptr=f32, coeff_ptr=f32,
-            layer_index_ptr=i32, weights_ptr=f32, acc_ptr=f32, vectors_ptr=a, inv_norms_ptr=f32, out_ptr=f32,
+            layer_index_ptr=i32, weights_ptr=f32, acc_ptr=f32, vectors_ptr=a,
+            inv_norms_ptr=f32, out_ptr=f32,
             layer=LAYER, hidden_size=h, num_layers=NUM_LAYERS, stride_hidden=h,
             stride_residual=h), jobs_triton.launch_config(h, res)))
     return out

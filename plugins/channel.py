@@ -4,6 +4,12 @@ vLLM's engine outputs have no free-form per-step field, so the worker PUSHes sma
 msgpack messages over ZeroMQ to the address in `$VSTEER_CHANNEL`; the server (or an
 offline tool) PULLs them. Sends never block the forward pass: when the receiver
 lags, messages are dropped and counted.
+
+Workers beside the server use an IPC socket. Workers on other nodes (vLLM's Ray
+executor, multi-node) reach a TCP address: the listener binds a free port on every
+interface and advertises this node's IP (vLLM copies the driver's environment,
+`$VSTEER_CHANNEL` included, into its Ray workers). Each message carries the per-server
+key in `$VSTEER_CHANNEL_KEY`; the listener drops (and counts) any other.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ from typing import Any
 import msgspec
 
 ENV_ADDRESS = "VSTEER_CHANNEL"
+ENV_KEY = "VSTEER_CHANNEL_KEY"
 _encode = msgspec.msgpack.Encoder().encode
 
 
 class WorkerChannel:
-    def __init__(self, address: str | None = None) -> None:
+    def __init__(self, address: str | None = None, key: str | None = None) -> None:
         self.address = address or os.environ.get(ENV_ADDRESS)
+        self.key = key if key is not None else os.environ.get(ENV_KEY, "")
         self.dropped = 0
         self._sock = None
         self._lock = threading.Lock()  # the runtime and its result reader both send
@@ -40,7 +48,7 @@ class WorkerChannel:
     def send(self, message: dict[str, Any]) -> None:
         if self._sock is None:
             return
-        data = _encode(message)
+        data = _encode({**message, "key": self.key} if self.key else message)
         with self._lock:
             try:
                 self._sock.send(data, self._zmq.NOBLOCK)
@@ -49,20 +57,39 @@ class WorkerChannel:
 
 
 
-def new_channel_address() -> str:
+def new_channel_address(remote: bool = False) -> str:
+    """Where the listener binds: an IPC socket, or (`remote`: workers may run on other
+    nodes) a free TCP port on every interface."""
+    if remote:
+        return "tcp://0.0.0.0:*"
     return f"ipc://{tempfile.gettempdir()}/vsteer-{os.getpid()}-{uuid.uuid4().hex[:8]}.sock"
+
+
+def node_ip() -> str:
+    """This node's address as other nodes see it (vLLM's own choice: $VLLM_HOST_IP, else
+    the interface of the default route)."""
+    from vllm.utils.network_utils import get_ip
+
+    return get_ip()
 
 
 class ChannelListener:
     """PULLs worker messages on a background thread and keeps what the server needs."""
 
-    def __init__(self, address: str, max_errors: int = 10000) -> None:
+    def __init__(self, address: str, max_errors: int = 10000,
+                 advertise_host: str | None = None) -> None:
+        """`address`: where to bind (new_channel_address). `self.address` is what workers
+        connect to; `self.key` what their messages must carry (export both to them)."""
+        import secrets
+
         import zmq
 
-        self.address = address
         self._sock = zmq.Context.instance().socket(zmq.PULL)
         self._sock.setsockopt(zmq.RCVTIMEO, 200)
         self._sock.bind(address)
+        self.address = self._advertised(address, advertise_host)
+        self.key = secrets.token_hex(16)
+        self.rejected = 0  # messages without this listener's key
         self._decode = msgspec.msgpack.Decoder().decode
         self.stats: dict[int, dict[str, Any]] = {}  # rank -> latest stats
         self.hello: dict[int, dict[str, Any]] = {}
@@ -91,7 +118,25 @@ class ChannelListener:
                 break
             self._handle(msg)
 
+    def _advertised(self, address: str, host: str | None) -> str:
+        if not address.startswith("tcp://"):
+            return address
+        import zmq
+
+        bound = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()  # tcp://0.0.0.0:PORT
+        port = bound.rsplit(":", 1)[1]
+        return f"tcp://{host or node_ip()}:{port}"
+
+    def export(self, environ: dict[str, str] | None = None) -> None:
+        """Tell engine processes started from here where to report (they inherit it)."""
+        env = os.environ if environ is None else environ
+        env[ENV_ADDRESS] = self.address
+        env[ENV_KEY] = self.key
+
     def _handle(self, msg: dict[str, Any]) -> None:
+        if msg.pop("key", None) != self.key:
+            self.rejected += 1
+            return
         kind = msg.get("type")
         with self._cond:
             if kind == "stats":

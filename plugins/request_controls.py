@@ -25,6 +25,7 @@ class RequestControls:
     decision: Decision | None = None  # guard / controller, decided in prefill
     probe: ProbeRun | None = None  # hallucination probe, scored in prefill (and per token)
     exit: ExitRun | None = None  # early exit, at each row that samples a token
+    errors: list[str] = field(default_factory=list)  # what could not be set up here
 
     def add_entry(self, key: str, slot: int, scale: float, op: str, positions: str) -> None:
         entry = (slot, scale, OP_CODES[op])

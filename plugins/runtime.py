@@ -13,17 +13,11 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-import numpy as np
 import torch
 
 import vsteer.kernels  # noqa: F401  (registers torch.ops.vsteer.*)
 from vsteer.artifacts import (
-    ArtifactError,
-    HallucinationProbe,
     ModelFingerprint,
-    RefusalDirection,
-    SteeringVector,
-    read_verified,
 )
 from vsteer.kernels.decide_op import register_decider
 from vsteer.kernels.dispatch import OPS, backend, steer_backend
@@ -32,22 +26,20 @@ from vsteer.kernels.steer_cpu import kernel_seconds
 from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.capture import CaptureCollector
 from vsteer.plugins.channel import WorkerChannel
-from vsteer.plugins.decision import decide, load_decision, write_force
+from vsteer.plugins.decision import decide, write_force
 from vsteer.plugins.device_buffer import UploadFence
-from vsteer.plugins.early_exit import UNKNOWN, ExitGroup, ExitRun
+from vsteer.plugins.early_exit import UNKNOWN, ExitGroup
 from vsteer.plugins.job_table import JobTable
-from vsteer.plugins.lru_index import TableFull
-from vsteer.plugins.probe_control import load_probe_run, mlp_prefill, table_job
+from vsteer.plugins.probe_control import mlp_prefill, table_job
+from vsteer.plugins.rank_agreement import agree
 from vsteer.plugins.request_controls import RequestControls
+from vsteer.plugins.request_setup import RequestSetup
 from vsteer.plugins.result_mailbox import ResultMailbox
 from vsteer.plugins.slot_table import SlotTable
 from vsteer.plugins.token_plan import TokenPlan
 from vsteer.wire import (
     EXTRA_ARGS_KEY,
     MAX_STEER_ENTRIES,
-    WireDecide,
-    WireExit,
-    WireProbe,
     decode,
 )
 
@@ -81,6 +73,8 @@ class ControlRuntime:
                                      self._flush_reports)
         self.fence = UploadFence(shape.device)  # host staging vs. the last upload
         self.abstain_jobs: dict[str, int] = {}  # rid -> job row scoring its abstain, this step
+        self.setup = RequestSetup(shape, self.fingerprint, self.slots, self.jobs)
+        self.tp_group = compat.tp_cpu_group()
         self.capture: CaptureCollector | None = None
         if cfg.get("capture"):
             if not self.eager:
@@ -112,6 +106,7 @@ class ControlRuntime:
         self.lens = compat.lens_argmax(model)
         if self.eager and kv_fill:
             self.can_skip = compat.install_layer_skip(model, layer_class, self.skips) > 0
+            self.setup.can_skip = self.can_skip
 
     def announce(self) -> None:
         """Tell the server this worker is ready, and what it can do."""
@@ -287,13 +282,16 @@ class ControlRuntime:
         self.abstain_jobs.clear()  # last step's sampling is over
         view = compat.step_view(runner)
         self._forget_finished(runner)
+        new = [rid for rid in view.req_ids if rid not in self.requests]
+        if new:
+            self._set_up_new(runner, new)
         plan = self.plan
         plan.begin(num_tokens)
         qs, pos0 = view.query_start, view.start_pos
         exit_rows: list[tuple[RequestControls, int]] = []
         whole_step = True  # every row is a decode token of an exit-mode request
         for i, rid in enumerate(view.req_ids):
-            rc = self._controls(runner, rid)
+            rc = self.requests[rid]
             if rc is None:
                 whole_step = False
                 continue
@@ -424,160 +422,28 @@ class ControlRuntime:
     def _pinned(self) -> set[str]:
         return {k for rc in self.requests.values() if rc is not None for k in rc.keys}
 
-    def _controls(self, runner, rid: str) -> RequestControls | None:
-        if rid in self.requests:
-            return self.requests[rid]
-        extra, num_prompt = compat.request_extra_args(runner, rid)
-        raw = extra.get(EXTRA_ARGS_KEY) if extra else None
-        rc = None
-        if raw is not None:
-            spec = decode(raw)
-            rc = RequestControls(spec, num_prompt)
-            pinned = self._pinned()
-            for e in spec.steer:
-                try:
-                    slot = self.slots.acquire(e.key, lambda e=e: self._load(e), pinned)
-                except (ArtifactError, OSError) as err:
-                    msg = f"steering vector {e.key} not applied: {err}"
-                    log.error(msg)
-                    self.channel.send({"type": "error", "rid": spec.rid, "message": msg})
-                    continue
-                pinned.add(e.key)
-                rc.add_entry(e.key, slot, e.scale, e.op, e.positions)
-            if spec.decide is not None:
-                self._setup_decision(rc, spec.decide, pinned)
-            if spec.probe is not None:
-                self._setup_probe(rc, spec.probe, pinned)
-            if spec.early_exit is not None:
-                self._setup_exit(rc, spec.early_exit)
-        self.requests[rid] = rc
-        return rc
-
-    def _setup_decision(self, rc: RequestControls, w: WireDecide, pinned: set[str]) -> None:
-        try:
-            src = self.slots.acquire(w.source_key, lambda: self._load_artifact(
-                w.direction_path, w.direction_sha256, "refusal", w.force_layers), pinned)
-            pinned.add(w.source_key)
-            zeros = np.zeros(self.shape.hidden_size, np.float32)
-            dst = self.slots.acquire(w.target_key, lambda: dict.fromkeys(w.force_layers, zeros),
-                                     pinned)
-            pinned.add(w.target_key)
-            d = load_decision(w, src, dst, self.shape.device)
-            if d.condition is not None:
-                d.weight_row = self._pin_weight(f"guard:{w.direction_sha256}@{w.layer}",
-                                                d.condition, rc.keys, pinned)
-            else:
-                self._need_host_jobs("a refusal controller")
-            rc.decision = d
-        except (ArtifactError, OSError, TableFull) as err:
-            msg = f"refusal {w.kind} not applied: {err}"
-            log.error(msg)
-            self.channel.send({"type": "error", "rid": rc.spec.rid, "message": msg})
-            return
-        rc.keys.append(w.source_key)
-        rc.add_entry(w.target_key, dst, 1.0, "add", "all")
-
-    def _setup_probe(self, rc: RequestControls, w: WireProbe, pinned: set[str]) -> None:
-        run = None
-        try:
-            run = load_probe_run(w, self.shape.device)
-            if (why := run.probe.fingerprint.mismatch(self.fingerprint)) is not None:
-                raise ArtifactError(why)
-            self._place_probe(run, w, rc.keys, pinned)
-            if w.action == "mitigate":
-                run.source_slot = self.slots.acquire(w.source_key, lambda: self._load_artifact(
-                    w.path, w.sha256, "truth", w.mitigate_layers), pinned)
-                pinned.add(w.source_key)
-                zeros = np.zeros(self.shape.hidden_size, np.float32)
-                run.target_slot = self.slots.acquire(
-                    w.target_key, lambda: dict.fromkeys(w.mitigate_layers, zeros), pinned)
-                pinned.add(w.target_key)
-        except (ArtifactError, OSError, TableFull) as err:
-            if run is not None:
-                self.jobs.free_acc(run.acc_row)
-            msg = f"hallucination probe not applied: {err}"
-            log.error(msg)
-            self.channel.send({"type": "error", "rid": rc.spec.rid, "message": msg})
-            return
-        rc.probe = run
-        if w.action == "mitigate":
-            rc.keys.append(w.source_key)
-            rc.add_entry(w.target_key, run.target_slot, 1.0, "add", "all")
-
-    def _place_probe(self, run, w: WireProbe, keys: list[str], pinned: set[str]) -> None:
-        """A linear probe's weights go into the job table (an MLP probe runs host-side)."""
-        p = run.probe
-        if p.probe_type == "linear":
-            run.weight_row = self._pin_weight(f"probe:{w.sha256}", p.tensors["weight"], keys,
-                                              pinned)
-            if p.pooling == "mean":
-                run.acc_row = self.jobs.alloc_acc()
-        else:
-            self._need_host_jobs("an MLP hallucination probe")
-        if w.per_token and p.token_weight is not None:
-            run.token_row = self._pin_weight(f"probe-token:{w.sha256}", p.token_weight, keys,
-                                             pinned)
-
-    def _pin_weight(self, key: str, vector: np.ndarray, keys: list[str],
-                    pinned: set[str]) -> int:
-        """`vector`'s row in the job table's weights, held by the request owning `keys`."""
-        row = self.jobs.weight_row(key, lambda: vector, pinned)
-        pinned.add(key)
-        keys.append(key)
-        return row
-
-    def _need_host_jobs(self, what: str) -> None:
-        require_host_jobs(self.shape.mode, what)
-
-    def _setup_exit(self, rc: RequestControls, w: WireExit) -> None:
-        try:
-            self._need_host_jobs("early exit")
-            run = ExitRun.load(w, self.shape.device)
-            if (why := run.model.predictor.fingerprint.mismatch(self.fingerprint)) is not None:
-                raise ArtifactError(why)
-            if w.mode == "exit" and not self.can_skip:
-                raise ArtifactError("layer skipping needs an eager engine (--enforce-eager) "
-                                    "and a model whose K/V vsteer can fill")
-        except (ArtifactError, OSError, ValueError) as err:
-            msg = f"early exit not applied: {err}"
-            log.error(msg)
-            self.channel.send({"type": "error", "rid": rc.spec.rid, "message": msg})
-            return
-        rc.exit = run
-
-    def _load(self, e) -> dict[int, np.ndarray]:
-        return self._load_artifact(e.path, e.sha256, e.part, e.layers)
-
-    def _load_artifact(self, path: str, sha256: str, part: str, layers: list[int]
-                       ) -> dict[int, np.ndarray]:
-        """Slot contents, layer -> [H]: a vector file (part ""), a probe's truth tensors
-        ("truth"), a direction's per-layer refusal tensors ("refusal"), or its layer-l
-        tensor at every layer ("refusal@l")."""
-        data = read_verified(path, sha256)
-        if not part:
-            value = SteeringVector.from_safetensors_bytes(data)
-            src = value.directions
-        elif part == "truth":
-            value = HallucinationProbe.from_safetensors_bytes(data)
-            src = dict(enumerate(value.truth))
-        else:
-            value = RefusalDirection.from_safetensors_bytes(data)
-            if part == "refusal":
-                src = value.refusal
-            else:
-                fixed = value.refusal[int(part.split("@", 1)[1])]
-                src = dict.fromkeys(range(self.shape.num_layers), fixed)
-        if (why := value.fingerprint.mismatch(self.fingerprint)) is not None:
-            raise ArtifactError(why)
-        return {la: src[la] for la in layers if la in src}
-
-
-def require_host_jobs(mode: compat.ForwardMode, what: str) -> None:
-    """Host-side jobs run between two layers through the `decide` op, which calls back
-    into Python: torch.compile keeps calling it every step, CUDA graphs do not."""
-    if mode.graphs:
-        raise ArtifactError(f"{what} runs on the host between two layers, which CUDA "
-                            "graphs do not replay: serve with --enforce-eager to use it")
+    def _set_up_new(self, runner, rids: list[str]) -> None:
+        """Set up the controls of requests scheduled for the first time; ranks agree on
+        what failed before any of them runs (plugins/rank_agreement.py)."""
+        pinned = self._pinned()
+        made: list[RequestControls | None] = []
+        for rid in rids:
+            extra, num_prompt = compat.request_extra_args(runner, rid)
+            raw = extra.get(EXTRA_ARGS_KEY) if extra else None
+            rc = self.setup.setup(decode(raw), num_prompt, pinned) if raw is not None else None
+            if rc is not None:
+                pinned.update(rc.keys)
+            made.append(rc)
+        verdicts = agree([rc.errors if rc is not None else [] for rc in made], self.tp_group)
+        for rid, rc, why in zip(rids, made, verdicts, strict=True):
+            if why is not None and rc is not None:
+                msg = "no control of this request was applied: " + "; ".join(why)
+                log.error("vsteer %s: %s", rc.spec.rid, msg)
+                if self.shape.tp_rank == 0:
+                    self.channel.send({"type": "error", "rid": rc.spec.rid, "message": msg})
+                self.setup.release(rc)
+                rc = None
+            self.requests[rid] = rc
 
 
 def _stream_rows(hidden: torch.Tensor, residual: torch.Tensor | None,

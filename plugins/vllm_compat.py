@@ -314,6 +314,15 @@ class RunnerShape:
         return self.mode.python_per_step
 
 
+def tp_cpu_group() -> Any:
+    """vLLM's CPU (gloo) process group of this worker's tensor-parallel ranks, or None
+    with one rank."""
+    from vllm.distributed import get_tp_group
+
+    group = get_tp_group()
+    return group.cpu_group if group.world_size > 1 else None
+
+
 def runner_shape(runner: Any) -> RunnerShape:
     from vllm.distributed import get_tensor_model_parallel_rank
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from argparse import Namespace
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from vsteer.artifacts import ArtifactStore, ModelFingerprint
 from vsteer.engine_config import DEFAULT_STEER_SLOTS, vsteer_additional_config
 from vsteer.plugins import vllm_compat as compat
-from vsteer.plugins.channel import ENV_ADDRESS, ChannelListener, new_channel_address
+from vsteer.plugins.channel import ChannelListener, new_channel_address
 from vsteer.server import metrics
 from vsteer.server.admission import SlotAdmission
 from vsteer.server.auth import Auth
@@ -63,13 +62,21 @@ class VsteerState:
     engine: Any
 
 
+def workers_may_be_remote(vllm_args: Any) -> bool:
+    """vLLM's Ray executor or a multi-node launch may place workers on other nodes: the
+    results channel must then be a TCP address, not a socket file beside the server."""
+    return (getattr(vllm_args, "distributed_executor_backend", None) == "ray"
+            or int(getattr(vllm_args, "nnodes", 1) or 1) > 1)
+
+
 def create_app(cfg: ServerConfig) -> FastAPI:
     policy = PolicyFile(cfg.policy) if cfg.policy is not None else None  # bad file: no start
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        listener = ChannelListener(new_channel_address())
-        os.environ[ENV_ADDRESS] = listener.address  # inherited by engine processes
+        listener = ChannelListener(new_channel_address(remote=workers_may_be_remote(
+            cfg.vllm_args)))
+        listener.export()  # inherited by engine processes (and copied into Ray workers)
         engine_args = compat.engine_args_from_cli(
             cfg.vllm_args, vsteer_additional_config(cfg.max_steer_slots))
         try:

@@ -69,7 +69,7 @@ def test_host_jobs_are_refused_exactly_when_graphs_replay(mode, graphs):
     """Controllers, MLP probes and early exit run host-side through the `decide` op:
     torch.compile alone still calls it every step, graph replay does not."""
     from vsteer.artifacts import ArtifactError
-    from vsteer.plugins.runtime import require_host_jobs
+    from vsteer.plugins.request_setup import require_host_jobs
 
     fm = forward_mode(_config(mode, graphs), CUDA)
     if graphs == CUDAGraphMode.NONE:

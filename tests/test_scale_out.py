@@ -26,15 +26,26 @@ def _bind(ranks: int) -> str:
     return "|".join(str(cpus[i % len(cpus)]) for i in range(ranks))
 
 
-def test_tensor_parallel_controls_match_one_rank(server, model_dir, artifacts, demo_vector,
-                                                 probe_artifacts):
+def test_tensor_parallel_controls_match_one_rank(server, model_dir, artifacts, store,
+                                                 demo_vector, probe_artifacts):
+    store.save_vector("faulty-joyful", demo_vector, overwrite=True)
     controls = [{}, {"steer": [{"vector": "joyful", "scale": 8.0}]},
-                {"hallucination": {"probe": PROBE}}]
+                {"hallucination": {"probe": PROBE}},
+                {"steer": [{"vector": "faulty-joyful", "scale": 8.0}]}]
     tp = run_helper("tensor_parallel.py",
                     {"model": str(model_dir), "artifacts": str(artifacts), "tp": TP,
                      "prompt": PROMPT, "max_tokens": MAX_TOKENS, "controls": controls},
-                    env={"VLLM_CPU_OMP_THREADS_BIND": _bind(TP)}, timeout=900)
+                    env={"VLLM_CPU_OMP_THREADS_BIND": _bind(TP),
+                         # rank 2 alone cannot read this one vector
+                         "VSTEER_FAULTS": "load:rank=2:match=faulty"}, timeout=900)
     assert tp["ranks"] == list(range(TP))  # every rank's runtime said hello
+    # a load that failed on one rank fails the request's controls on every rank alike:
+    # the text is the plain one (ranks 0 and 1 did not steer), one error, naming rank 2
+    faulty = tp["outputs"].pop()
+    assert faulty["text"] == tp["outputs"][0]["text"]
+    assert len(faulty["errors"]) == 1 and "rank 2:" in faulty["errors"][0]
+    assert "injected fault" in faulty["errors"][0] and "rank 0:" not in faulty["errors"][0]
+    assert all(o["errors"] == [] for o in tp["outputs"])
     single = [ask(server, PROMPT, control) for control in controls]  # one rank
     texts = [o["text"] for o in tp["outputs"]]
     assert texts[1] != texts[0]  # the steering applied under TP

@@ -3,7 +3,7 @@ request's `control` resolved exactly as the server resolves it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ class Answer:
     token_ids: list[int]
     rid: str  # the control's correlation id (results arrive on the listener under it)
     finish_reason: str | None
+    errors: list[str] = field(default_factory=list)  # only with answer(..., errors="keep")
 
 
 class EvalEngine(OfflineEngine):
@@ -40,9 +41,9 @@ class EvalEngine(OfflineEngine):
         self.tok = self.llm.get_tokenizer()
 
     def answer(self, prompts: list[str], control: dict[str, Any] | None, max_tokens: int,
-               desc: str, batch: int = BATCH) -> list[Answer]:
+               desc: str, batch: int = BATCH, errors: str = "raise") -> list[Answer]:
         """Greedy chat answers, `batch` prompts per engine call; raises if the worker
-        reports a control it could not apply."""
+        reports a control it could not apply (errors="keep": returns them instead)."""
         from vllm import SamplingParams
 
         from vsteer.wire import EXTRA_ARGS_KEY
@@ -57,9 +58,10 @@ class EvalEngine(OfflineEngine):
             texts = [chat_text(self.tok, p) for p in chunk]
             outs = self.llm.generate(texts, params, use_tqdm=False)
             for p, r, o in zip(chunk, resolved, outs, strict=True):
-                errors = self.listener.pop_errors(r.wire.rid)
-                if errors:
-                    raise RuntimeError(f"control not applied: {errors}")
+                failed = self.listener.pop_errors(r.wire.rid)
+                if failed and errors == "raise":
+                    raise RuntimeError(f"control not applied: {failed}")
                 c = o.outputs[0]
-                out.append(Answer(p, c.text, list(c.token_ids), r.wire.rid, c.finish_reason))
+                out.append(Answer(p, c.text, list(c.token_ids), r.wire.rid, c.finish_reason,
+                                  failed))
         return out

@@ -7,15 +7,16 @@ import os
 from typing import Any
 
 from vsteer.artifacts import ModelFingerprint
-from vsteer.plugins.channel import ENV_ADDRESS, ChannelListener, new_channel_address
+from vsteer.plugins.channel import ChannelListener, new_channel_address
 
 
 class OfflineEngine:
     def __init__(self, model: str, additional_config: dict[str, Any],
                  hello_timeout: float = 120.0, **llm_kwargs: Any) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        self.listener = ChannelListener(new_channel_address())
-        os.environ[ENV_ADDRESS] = self.listener.address  # inherited by the engine
+        remote = llm_kwargs.get("distributed_executor_backend") == "ray"
+        self.listener = ChannelListener(new_channel_address(remote=remote))
+        self.listener.export()  # inherited by the engine
         from vllm import LLM
 
         self.llm = LLM(model=model, enforce_eager=True, additional_config=additional_config,
