@@ -26,6 +26,12 @@ def test_decode_overhead_benchmark_runs():
     assert "ratio" in text and "steer backend torch-cpu, job backend torch-cpu" in text
 
 
+def test_graph_replay_check_runs():
+    """The GPU session's CUDA-graph check, as plain calls on CPU: every step equal."""
+    text = _run(str(BENCH / "graph_replay.py"), "--device", "cpu", "--hidden", "256")
+    assert text.count(": ok") == 4 and "all equal" in text
+
+
 def test_probe_ttft_benchmark_runs(model_dir, artifacts, probe_artifacts):
     from conftest import PROBE
 
