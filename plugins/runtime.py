@@ -361,21 +361,21 @@ class ControlRuntime:
 
     def _flush_reports(self) -> None:
         """Send the decisions, probe scores and per-token scores known so far (the
-        runtime's lock is held)."""
-        for rc in self.decided:
+        runtime's lock is held). Every TP rank computes them alike; rank 0 reports."""
+        report = self.shape.tp_rank == 0
+        for rc in self.decided if report else ():
             d = rc.decision
             self.channel.send({"type": "decision", "rid": rc.spec.rid, "kind": d.wire.kind,
                                "score": d.score, "fired": d.fired})
         self.decided.clear()
-        for rc in self.probed:
+        for rc in self.probed if report else ():
             run = rc.probe
             self.channel.send({"type": "probe", "rid": rc.spec.rid, "score": run.score,
                                "fired": run.fired, "action": run.wire.action})
         self.probed.clear()
-        if self.token_scores:
-            if self.shape.tp_rank == 0:  # every rank scores; one reports (lists append)
-                self.channel.send({"type": "token_scores", "scores": self.token_scores})
-            self.token_scores = {}
+        if self.token_scores and report:  # lists append: one rank only
+            self.channel.send({"type": "token_scores", "scores": self.token_scores})
+        self.token_scores = {}
 
     def send_stats(self) -> None:
         pinned = self._pinned()

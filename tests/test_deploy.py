@@ -120,6 +120,14 @@ def test_chart_refuses_to_render_without_keys():
     assert run.returncode != 0 and "auth.adminKey" in run.stderr
 
 
+def test_chart_refuses_pipeline_parallelism():
+    """vsteer serve refuses PP at startup; the chart refuses it at render time."""
+    run = subprocess.run([_tool("helm"), "template", "rel", str(CHART), "--set",
+                          "auth.adminKey=k", "--set", "parallel.pipeline=2"],
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and "pipeline parallelism" in run.stderr
+
+
 def test_defaults_render_without_optional_parts():
     kinds = _render("--set", "auth.adminKey=k")
     assert "HorizontalPodAutoscaler" not in kinds and "ServiceMonitor" not in kinds
