@@ -46,7 +46,7 @@ def test_tensor_parallel_controls_match_one_rank(server, model_dir, artifacts, s
     assert len(faulty["errors"]) == 1 and "rank 2:" in faulty["errors"][0]
     assert "injected fault" in faulty["errors"][0] and "rank 0:" not in faulty["errors"][0]
     assert all(o["errors"] == [] for o in tp["outputs"])
-    single = [ask(server, PROMPT, control) for control in controls]  # one rank
+    single = [ask(server, PROMPT, control) for control in controls[:3]]  # one rank
     texts = [o["text"] for o in tp["outputs"]]
     assert texts[1] != texts[0]  # the steering applied under TP
     for got, one in zip(texts, single, strict=True):
