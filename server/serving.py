@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from vsteer.early_exit.summary import summarize_exits
@@ -20,6 +20,7 @@ from vsteer.server import metrics
 from vsteer.server.admission import SlotAdmission
 from vsteer.server.auth import OPERATOR, Principal
 from vsteer.server.body import read_json_object
+from vsteer.server.closing_stream import ClosingStreamingResponse
 from vsteer.server.control_resolver import ControlResolver, ResolvedControl
 from vsteer.server.errors import APIError, error_response, pydantic_errors_to_api_error
 from vsteer.wire import EXTRA_ARGS_KEY
@@ -105,8 +106,14 @@ class ControlledServing:
                                                  usage.get("completion_tokens") or 0)
             self._count_usage(data.get("usage"))
             return JSONResponse(data)
-        return StreamingResponse(self._stream(result, resolved, wants_usage, release),
-                                 media_type="text/event-stream")
+        async def cleanup() -> None:  # also when the stream never started
+            release()
+            aclose = getattr(result, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+        return ClosingStreamingResponse(self._stream(result, resolved, wants_usage, release),
+                                        cleanup, media_type="text/event-stream")
 
     def _vllm_request(self, req_cls: type, body: dict[str, Any], resolved: ResolvedControl):
         xargs = body.get("vllm_xargs")
