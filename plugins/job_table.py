@@ -124,11 +124,14 @@ class JobTable:
         return j
 
     def commit(self) -> None:
-        """Upload this step's rows (rows beyond them are inactive on the device)."""
+        """Upload this step's rows (rows beyond them are inactive on the device). Their
+        results start as NaN: a job whose layer does not run this step (early exit
+        skipped it) reports NaN, never a value an earlier step left."""
         n = self.num_jobs
         for buf in (self.jobs_i, self.jobs_f, self.coeff):
             buf.upload(n)
         if n:
+            self.out[:n].fill_(float("nan"))
             self.layer_index.np[:] = build_layer_index(self._job_layers, self.num_layers,
                                                        self.capacity)
             self.layer_index.upload(self.num_layers + 1 + n)

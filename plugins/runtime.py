@@ -7,6 +7,7 @@ eager-only on CUDA), and capture for offline tooling."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -86,6 +87,7 @@ class ControlRuntime:
         self.probed: list[RequestControls] = []  # probes scored in this step
         self.token_scores: dict[str, list[float]] = {}  # this step's per-token scores
         self.abstained: set[str] = set()  # rids whose sampler may only end (abstain.py)
+        self.unscored: set[str] = set()  # rids told that some token scores are missing
         self.exit_groups: list[ExitGroup] = []  # this step's early-exit rows
         self.skip_after: int | None = None  # this step exited after this layer
         self.lens: Callable[[torch.Tensor], torch.Tensor] | None = None  # x -> token
@@ -191,8 +193,20 @@ class ControlRuntime:
         d.done = True
 
     def _guard_decided(self, rc: RequestControls, score: float, fired: bool) -> None:
+        if self._not_scored(rc, score, "refusal guard"):
+            return
         rc.decision.score, rc.decision.fired = score, fired
         self.decided.append(rc)
+
+    def _not_scored(self, rc: RequestControls, score: float, what: str) -> bool:
+        """A prefill job whose layer did not run (never expected: prefill steps do not
+        exit early) becomes a coded error, not a NaN or a silent null."""
+        if not math.isnan(score):
+            return False
+        if self.shape.tp_rank == 0:
+            self.channel.send({"type": "error", "rid": rc.spec.rid,
+                               "message": f"{what} was not scored: its layer did not run"})
+        return True
 
     def _probe_table_job(self, rc: RequestControls, a: int, b: int, final: bool) -> None:
         run = rc.probe
@@ -204,6 +218,8 @@ class ControlRuntime:
                 self.abstain_jobs[rc.spec.rid] = j  # read on the device by abstain.py
 
     def _probed(self, rc: RequestControls, score: float, fired: bool) -> None:
+        if self._not_scored(rc, score, "hallucination probe"):
+            return
         run = rc.probe
         run.score, run.fired = score, fired
         self.probed.append(rc)
@@ -216,6 +232,14 @@ class ControlRuntime:
                 dict.fromkeys(run.wire.mitigate_layers, run.wire.scale))
 
     def _token_scored(self, rc: RequestControls, score: float, fired: bool) -> None:
+        if math.isnan(score):  # the token layer did not run: the step exited before it
+            score = None
+            if rc.spec.rid not in self.unscored:
+                self.unscored.add(rc.spec.rid)
+                if self.shape.tp_rank == 0:
+                    self.channel.send({"type": "error", "rid": rc.spec.rid, "message": (
+                        "per-token hallucination scores are null for tokens that exited "
+                        f"before the probe's layer {rc.probe.token_layer} (early exit)")})
         self.token_scores.setdefault(rc.spec.rid, []).append(score)
 
     def _exit_job(self, group: ExitGroup, layer: int, hidden: torch.Tensor,
@@ -414,6 +438,7 @@ class ControlRuntime:
             if rc is not None:
                 self._free_rows_of(rc)
                 self.abstained.discard(rc.spec.rid)
+                self.unscored.discard(rc.spec.rid)
                 if rc.probe is not None:
                     self.jobs.free_acc(rc.probe.acc_row)
                 if self.capture is not None:

@@ -221,3 +221,18 @@ def test_layer_index_lists_each_layers_jobs_and_empties_after_the_step():
     finish_step(t)
     idx = t.layer_index.device.tolist()
     assert all(idx[la] == idx[la + 1] for la in range(L))  # no layer has a job
+
+
+def test_a_job_whose_layer_did_not_run_reports_nan_not_an_old_score():
+    """Early exit skips the layers above the exit layer: a per-token job there must not
+    report the score an earlier step left in `out`."""
+    t, (vectors, inv) = _table(), _slots()
+    row = t.weight_row("w", lambda: np.ones(H, np.float32), set())
+    h = torch.randn(2, H)
+    got = []
+    for layers in (range(L), range(2)):  # a full step, then one that exited after layer 1
+        t.add(3, 1, 2, KIND_SIGMOID, row, on_result=lambda s, f: got.append(s))
+        t.commit()
+        _run(t, h, None, vectors, inv, layers)
+        finish_step(t)
+    assert not math.isnan(got[0]) and math.isnan(got[1])
