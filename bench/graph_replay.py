@@ -136,7 +136,8 @@ def main() -> int:
             t.layer(static)
         n = t.jobs.num_jobs
         ok = (torch.allclose(static.float(), want_h.float(), atol=2e-2, rtol=2e-2)
-              and torch.allclose(t.jobs.out[:n], want_out[:n], atol=1e-3)
+              # rows of jobs at other layers stay NaN (not scored) on both sides
+              and torch.allclose(t.jobs.out[:n], want_out[:n], atol=1e-3, equal_nan=True)
               and torch.allclose(t.vectors.float(), want_v.float(), atol=2e-2)
               and torch.allclose(t.inv, want_i, rtol=1e-4))
         failures += not ok
