@@ -80,6 +80,10 @@ class ControlledServing:
         try:
             # A client that leaves while waiting for slots or for the answer cancels both.
             result = await self._cancellable(admit_then_handle(), raw)
+        except self.client_error_cls as e:  # vLLM's checks inside its handler (max_tokens 0)
+            release()
+            return APIError(400, str(e.args[0]) if e.args else str(e),
+                            param=getattr(e, "parameter", None)).response()
         except BaseException:
             release()
             raise

@@ -74,10 +74,11 @@ def test_deployment_wires_probes_gpus_keys_policy_and_shared_artifacts(full):
     (c,) = pod["containers"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
-    gpus = 2 * 2  # tensor x pipeline in ci-values
+    gpus = 4 * 1  # tensor x pipeline in ci-values
     assert c["resources"]["requests"]["nvidia.com/gpu"] == gpus
     assert c["resources"]["limits"]["nvidia.com/gpu"] == gpus
-    assert "--tensor-parallel-size=2" in c["args"] and "--pipeline-parallel-size=2" in c["args"]
+    assert "--tensor-parallel-size=4" in c["args"]
+    assert not any(a.startswith("--pipeline-parallel-size") for a in c["args"])
     assert "--rate-limit=5:20" in c["args"] and "--policy=/etc/vsteer/policy.yaml" in c["args"]
     env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"]}
     secret = full["Secret"]

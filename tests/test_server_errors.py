@@ -145,3 +145,17 @@ def test_missing_key_is_401(server, path):
 
 def test_admin_key_is_a_valid_client_key(server):
     assert server.client(ADMIN_KEY).models.list().data
+
+
+@pytest.mark.parametrize("route, body", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": ""}], "max_tokens": 0}),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 0}),
+])
+def test_sampling_params_vllm_rejects_inside_its_handler_are_400(server, route, body):
+    """vLLM checks some fields only while building SamplingParams, inside its handler
+    (found by the fuzzer as a 500): OpenAI's error shape, the param named."""
+    r = httpx.post(server.base_url + route, headers={"Authorization": f"Bearer {API_KEY}"},
+                   json={"model": MODEL_NAME, **body})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "max_tokens" and "max_tokens" in err["message"]
