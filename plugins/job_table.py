@@ -62,7 +62,6 @@ class JobTable:
         self.num_layers = num_layers
         self.layer_index = HostDeviceBuffer(
             torch.zeros(num_layers + 1 + capacity, dtype=torch.int32), device)  # [L+1+J]
-        self._job_layers: list[int] = []
         self.weights = torch.zeros(weight_rows, hidden_size, dtype=torch.float32,
                                    device=device)  # [W, H]
         self.acc = torch.zeros(acc_rows, hidden_size, dtype=torch.float32,
@@ -119,7 +118,6 @@ class JobTable:
                     raise ValueError(f"force layer {la} is not after the job's layer {layer}")
                 self.coeff.np[j, la] = c
         self._on_result.append(on_result if final or pool == POOL_LAST else None)
-        self._job_layers.append(layer)
         self.layers.add(layer)
         return j
 
@@ -132,8 +130,8 @@ class JobTable:
             buf.upload(n)
         if n:
             self.out[:n].fill_(float("nan"))
-            self.layer_index.np[:] = build_layer_index(self._job_layers, self.num_layers,
-                                                       self.capacity)
+            self.layer_index.np[:] = build_layer_index(self.jobs_i.np[:n, LAYER],
+                                                       self.num_layers, self.capacity)
             self.layer_index.upload(self.num_layers + 1 + n)
         self.step[JOB_ROWS] = n
 
@@ -148,7 +146,6 @@ class JobTable:
         if n:
             self.jobs_i.device[:n, LAYER] = -1
             self.layer_index.device[: self.num_layers + 1] = 0  # no job at any layer
-        self._job_layers.clear()
         self._on_result.clear()
         self.layers.clear()
         self.step[JOB_ROWS] = 0

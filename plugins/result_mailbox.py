@@ -41,8 +41,6 @@ class ResultMailbox:
         self._lock = lock
         self._flush = flush
         self._queue: queue.Queue = queue.Queue()
-        self.posted = 0  # steps posted / read (tests and stats)
-        self.read = 0
         self._thread = threading.Thread(target=self._run, name="vsteer-job-results",
                                         daemon=True)
         self._thread.start()
@@ -61,7 +59,6 @@ class ResultMailbox:
         if self._cuda:
             event = torch.cuda.Event()
             event.record()
-        self.posted += 1
         self._queue.put((k, n, list(callbacks), event))
 
     def drain(self, timeout: float = 10.0) -> None:
@@ -89,4 +86,3 @@ class ResultMailbox:
                     self._flush()
                 except Exception:  # a bad report must not stop every later one
                     log.exception("vsteer: reporting a step's job results failed")
-                self.read += 1

@@ -203,10 +203,13 @@ class ControlRuntime:
         exit early) becomes a coded error, not a NaN or a silent null."""
         if not math.isnan(score):
             return False
-        if self.shape.tp_rank == 0:
-            self.channel.send({"type": "error", "rid": rc.spec.rid,
-                               "message": f"{what} was not scored: its layer did not run"})
+        self._report_error(rc.spec.rid, f"{what} was not scored: its layer did not run")
         return True
+
+    def _report_error(self, rid: str, message: str) -> None:
+        """An entry for the request's `control.errors` (every rank knows it; rank 0 says)."""
+        if self.shape.tp_rank == 0:
+            self.channel.send({"type": "error", "rid": rid, "message": message})
 
     def _probe_table_job(self, rc: RequestControls, a: int, b: int, final: bool) -> None:
         run = rc.probe
@@ -236,10 +239,9 @@ class ControlRuntime:
             score = None
             if rc.spec.rid not in self.unscored:
                 self.unscored.add(rc.spec.rid)
-                if self.shape.tp_rank == 0:
-                    self.channel.send({"type": "error", "rid": rc.spec.rid, "message": (
-                        "per-token hallucination scores are null for tokens that exited "
-                        f"before the probe's layer {rc.probe.token_layer} (early exit)")})
+                self._report_error(rc.spec.rid, (
+                    "per-token hallucination scores are null for tokens that exited "
+                    f"before the probe's layer {rc.probe.token_layer} (early exit)"))
         self.token_scores.setdefault(rc.spec.rid, []).append(score)
 
     def _exit_job(self, group: ExitGroup, layer: int, hidden: torch.Tensor,
@@ -439,8 +441,7 @@ class ControlRuntime:
                 self._free_rows_of(rc)
                 self.abstained.discard(rc.spec.rid)
                 self.unscored.discard(rc.spec.rid)
-                if rc.probe is not None:
-                    self.jobs.free_acc(rc.probe.acc_row)
+                self.setup.release(rc)
                 if self.capture is not None:
                     self.capture.forget(rc.spec.rid)
 
@@ -464,8 +465,7 @@ class ControlRuntime:
             if why is not None and rc is not None:
                 msg = "no control of this request was applied: " + "; ".join(why)
                 log.error("vsteer %s: %s", rc.spec.rid, msg)
-                if self.shape.tp_rank == 0:
-                    self.channel.send({"type": "error", "rid": rc.spec.rid, "message": msg})
+                self._report_error(rc.spec.rid, msg)
                 self.setup.release(rc)
                 rc = None
             self.requests[rid] = rc

@@ -82,8 +82,7 @@ class ControlledServing:
             result = await self._cancellable(admit_then_handle(), raw)
         except self.client_error_cls as e:  # vLLM's checks inside its handler (max_tokens 0)
             release()
-            return APIError(400, str(e.args[0]) if e.args else str(e),
-                            param=getattr(e, "parameter", None)).response()
+            return _client_error(e).response()
         except BaseException:
             release()
             raise
@@ -129,8 +128,7 @@ class ControlledServing:
         except ValidationError as e:
             raise pydantic_errors_to_api_error(e) from None
         except self.client_error_cls as e:  # vLLM's own validators (e.g. empty prompt)
-            raise APIError(400, str(e.args[0]) if e.args else str(e),
-                           param=getattr(e, "parameter", None)) from None
+            raise _client_error(e) from None
         if resolved.active:
             request.vllm_xargs = {**(request.vllm_xargs or {}),
                                   EXTRA_ARGS_KEY: resolved.encoded()}
@@ -333,6 +331,12 @@ class ControlledServing:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()  # abort the engine request now if the client left
+
+
+def _client_error(e: Exception) -> APIError:
+    """A 400 from vLLM's own request-caused error (its message, its parameter)."""
+    return APIError(400, str(e.args[0]) if e.args else str(e),
+                    param=getattr(e, "parameter", None))
 
 
 def _abstained(probe: dict[str, Any] | None) -> bool:
