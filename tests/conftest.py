@@ -185,7 +185,7 @@ def make_refusal_artifacts(model_dir: Path, artifacts: Path, tmp: Path,
             ["calibrate", "--direction", "refusal", "--max-fpr", "0.5"]]
     if controller:
         cmds.append(["train-controller", "--direction", "refusal", "--name", "refusal-ctrl",
-                     "--epochs", "1"])
+                     "--epochs", "1", "--gate-sources", "pairs"])
     out = {}
     for cmd in cmds:
         stdout = vsteer_cli("refusal", *cmd, *common, timeout=600)
