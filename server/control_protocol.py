@@ -14,6 +14,9 @@ class SteerEntry(BaseModel):
 
     vector: str = Field(min_length=1, max_length=128)
     scale: float = 1.0
+    # dose by effect: the scale whose next-token KL from the unsteered model is |kl|
+    # (sign: the direction), from the vector's measured dose curve; not with `scale`
+    kl: float | None = None
     layers: list[int] | None = Field(default=None, max_length=512)
     positions: Literal["all", "prompt", "generated"] = "all"
     op: Literal["add", "ablate", "add_normalized"] = "add"
@@ -36,6 +39,8 @@ class HallucinationControl(BaseModel):
     probe: str = Field(min_length=1, max_length=128)
     action: Literal["annotate", "abstain", "mitigate"] = "annotate"
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)  # default: calibrated
+    # abstain so that the error among answered questions stays near this (conformal)
+    max_error: float | None = Field(default=None, gt=0.0, lt=1.0)
     per_token: bool = False
     scale: float | None = None  # mitigate: coefficient of the truth direction (default 1)
 

@@ -3,10 +3,12 @@ failure is an APIError raised before the engine."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from vsteer.artifacts import ArtifactStore, ModelFingerprint
+from vsteer.artifacts import ArtifactStore, HallucinationProbe, ModelFingerprint
+from vsteer.probe.conformal import RiskThreshold, UnattainableRisk, risk_threshold
 from vsteer.server.auth import Principal
 from vsteer.server.control_protocol import HallucinationControl
 from vsteer.server.errors import APIError
@@ -14,6 +16,7 @@ from vsteer.server.refusal_resolver import check_scale, load_artifact
 from vsteer.wire import WireProbe, slot_key
 
 P = "control.hallucination"
+NEVER = math.nextafter(1.0, 2.0)  # a threshold no probe score (<= 1) reaches
 
 
 @dataclass
@@ -34,6 +37,9 @@ def resolve_hallucination(h: HallucinationControl, rid: str, store: ArtifactStor
         raise APIError(400, f"{P}.scale only applies to action 'mitigate'", param=f"{P}.scale")
     scale = check_scale(1.0 if h.scale is None else h.scale, max_abs_scale, f"{P}.scale")
     threshold = p.threshold if h.threshold is None else h.threshold
+    risk = _risk_threshold(h, p) if h.max_error is not None else None
+    if risk is not None:
+        threshold = min(risk.threshold, NEVER)  # +inf: the whole set meets max_error
     source = target = ""
     layers: list[int] = []
     if h.action == "mitigate":
@@ -51,4 +57,28 @@ def resolve_hallucination(h: HallucinationControl, rid: str, store: ArtifactStor
                                "pooling": p.pooling}
     if h.action == "mitigate":
         applied["scale"] = scale
+    if risk is not None:
+        applied["max_error"] = h.max_error
+        applied["risk_calibration"] = {"questions": risk.calibration_size,
+                                       "bound": risk.bound, "coverage": risk.coverage}
     return ResolvedProbe(wire, applied)
+
+
+def _risk_threshold(h: HallucinationControl, p: HallucinationProbe) -> RiskThreshold:
+    """The threshold for `max_error` from the probe's risk calibration."""
+    param = f"{P}.max_error"
+    if h.threshold is not None:
+        raise APIError(400, f"give {P}.threshold or {P}.max_error, not both", param=param,
+                       code="conflicting_fields")
+    if h.action != "abstain":
+        raise APIError(400, f"{param} only applies to action 'abstain'", param=param,
+                       code="field_not_applicable")
+    if not p.has_risk_calibration:
+        raise APIError(400, f"probe {h.probe!r} has no risk calibration (retrain it with "
+                       "`vsteer probe train`)", param=param, code="probe_not_calibrated")
+    assert p.conformal_scores is not None and p.conformal_wrong is not None
+    try:
+        return risk_threshold(p.conformal_scores, p.conformal_wrong, float(h.max_error or 0))
+    except UnattainableRisk as e:
+        raise APIError(400, f"probe {h.probe!r}: {e}", param=param,
+                       code="max_error_unattainable") from None

@@ -84,6 +84,26 @@ def test_abstain_generates_nothing_past_the_probe(server):
     assert kept["control"]["hallucination"]["action_taken"] == "none"
 
 
+def test_max_error_abstains_at_the_probes_risk_threshold(server, probe):
+    """The server's threshold for max_error is the conformal rule's on the artifact's
+    calibration set, and it abstains exactly when the score reaches it."""
+    from vsteer.probe.conformal import risk_threshold
+    from vsteer.server.hallucination_resolver import NEVER
+
+    a = 0.45
+    want = risk_threshold(probe.conformal_scores, probe.conformal_wrong, a)
+    threshold = min(want.threshold, NEVER)
+    for p in PROMPTS:
+        r = ask(server, p, hallu(action="abstain", max_error=a))
+        h = r["control"]["hallucination"]
+        assert h["threshold"] == pytest.approx(threshold)
+        assert h["max_error"] == a
+        assert h["risk_calibration"] == {"questions": want.calibration_size,
+                                         "bound": pytest.approx(want.bound),
+                                         "coverage": pytest.approx(want.coverage)}
+        assert (h["action_taken"] == "abstained") == (h["score"] >= threshold)
+
+
 def _stream(server, body: dict) -> list[dict]:
     chunks = []
     with httpx.stream("POST", server.base_url + "/v1/chat/completions", json=body,
@@ -155,6 +175,9 @@ def bad_probes(store, probe):
     store.write_bytes("probe", "alien", alien.to_safetensors_bytes(), overwrite=True)
     tokenless = replace(probe, token_layer=-1, token_weight=None)
     store.write_bytes("probe", "tokenless", tokenless.to_safetensors_bytes(), overwrite=True)
+    uncalibrated = replace(probe, conformal_scores=None, conformal_wrong=None)
+    store.write_bytes("probe", "uncalibrated", uncalibrated.to_safetensors_bytes(),
+                      overwrite=True)
 
 
 @pytest.mark.parametrize(("control", "status", "code", "param"), [
@@ -167,6 +190,16 @@ def bad_probes(store, probe):
     ({"probe": PROBE, "action": "mitigate", "scale": 1e6}, 400, None,
      "control.hallucination.scale"),
     ({"probe": PROBE, "action": "guess"}, 400, None, "control.hallucination.action"),
+    ({"probe": PROBE, "action": "abstain", "max_error": 0.2, "threshold": 0.5}, 400,
+     "conflicting_fields", "control.hallucination.max_error"),
+    ({"probe": PROBE, "action": "annotate", "max_error": 0.2}, 400, "field_not_applicable",
+     "control.hallucination.max_error"),
+    ({"probe": "uncalibrated", "action": "abstain", "max_error": 0.2}, 400,
+     "probe_not_calibrated", "control.hallucination.max_error"),
+    ({"probe": PROBE, "action": "abstain", "max_error": 1e-4}, 400, "max_error_unattainable",
+     "control.hallucination.max_error"),
+    ({"probe": PROBE, "action": "abstain", "max_error": 1.0}, 400, None,
+     "control.hallucination.max_error"),
 ])
 def test_bad_probe_requests_fail_before_the_engine(server, bad_probes, control, status, code,
                                                    param):

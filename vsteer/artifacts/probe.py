@@ -11,6 +11,9 @@ Semantics (x[t] = residual stream after `layer` at prompt token t, fp32):
               truth[l] = mean(x_last | correct) - mean(x_last | wrong) at layer l
 Per-token probe (optional, token_layer >= 0), at the position that samples each token:
     q = sigmoid(x[t] · token_weight + token_bias)
+Risk calibration (optional): p on calibration questions the probe was not fit on and
+whether each answer was wrong; `hallucination.max_error` turns it into a threshold
+(vsteer/probe/conformal.py).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class HallucinationProbe:
     token_layer: int = -1
     token_weight: np.ndarray | None = None  # [H]
     token_bias: float = 0.0
+    conformal_scores: np.ndarray | None = None  # [C] p on calibration questions
+    conformal_wrong: np.ndarray | None = None  # [C] 1.0 where the answer was wrong
     scores: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
@@ -73,6 +78,17 @@ class HallucinationProbe:
         if self.token_layer >= 0 and (self.token_layer >= n or self.token_weight is None
                                       or self.token_weight.shape != (h,)):
             raise ArtifactError("probe token layer or token weight is invalid")
+        cs, cw = self.conformal_scores, self.conformal_wrong
+        if (cs is None) != (cw is None):
+            raise ArtifactError("probe risk calibration needs both scores and labels")
+        if cs is not None and cw is not None and (
+                cs.ndim != 1 or cs.shape != cw.shape or not len(cs)
+                or not np.all(np.isfinite(cs)) or not np.isin(cw, (0.0, 1.0)).all()):
+            raise ArtifactError("probe risk calibration is malformed")
+
+    @property
+    def has_risk_calibration(self) -> bool:
+        return self.conformal_scores is not None
 
     @property
     def has_token_probe(self) -> bool:
@@ -93,6 +109,9 @@ class HallucinationProbe:
         tensors = {**self.tensors, "truth": self.truth}
         if self.token_weight is not None:
             tensors["token_weight"] = self.token_weight
+        if self.conformal_scores is not None and self.conformal_wrong is not None:
+            tensors["conformal_scores"] = self.conformal_scores.astype(np.float32)
+            tensors["conformal_wrong"] = self.conformal_wrong.astype(np.float32)
         meta = {"kind": KIND, "fingerprint": json.dumps(self.fingerprint.to_dict()),
                 "layer": str(self.layer), "pooling": self.pooling,
                 "probe_type": self.probe_type, "bias": repr(self.bias),
@@ -109,6 +128,8 @@ class HallucinationProbe:
             arrays = {k: np.asarray(v, np.float32) for k, v in tensors.items()}
             truth = arrays.pop("truth")
             token_weight = arrays.pop("token_weight", None)
+            conformal_scores = arrays.pop("conformal_scores", None)
+            conformal_wrong = arrays.pop("conformal_wrong", None)
             return cls(layer=int(meta["layer"]), pooling=meta["pooling"],
                        probe_type=meta["probe_type"], tensors=arrays,
                        bias=float(meta["bias"]), threshold=float(meta["threshold"]),
@@ -116,6 +137,7 @@ class HallucinationProbe:
                        fingerprint=meta_fingerprint(meta),
                        token_layer=int(meta.get("token_layer", "-1")),
                        token_weight=token_weight, token_bias=float(meta.get("token_bias", 0)),
+                       conformal_scores=conformal_scores, conformal_wrong=conformal_wrong,
                        scores=meta_json(meta, "scores", {}), created=meta.get("created", ""))
         except (KeyError, ValueError) as e:
             raise ArtifactError(f"bad probe artifact: {e}") from e

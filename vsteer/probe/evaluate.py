@@ -39,6 +39,7 @@ def _pass(ev: EvalEngine, qs: list[dict[str, Any]], control: dict[str, Any], des
             raise RuntimeError(f"no probe result for {q['question']!r}")
         tokens = ev.listener.pop_token_scores(a.rid)
         rows.append({"question": q["question"], "family": q.get("family"),
+                     "source": q.get("source", q.get("family")),
                      "completion": a.completion, "finish_reason": a.finish_reason,
                      "generated_tokens": len(a.token_ids),
                      "correct": is_correct(a.completion, q["answers"]),
@@ -86,6 +87,20 @@ def summarize(base: list[dict[str, Any]], abstain: list[dict[str, Any]],
     return out
 
 
+def by_source(base: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """AUROC (bootstrap CI) and base accuracy of each question source."""
+    from vsteer.stats import bootstrap_ci
+
+    out = {}
+    for src in sorted({str(r["source"]) for r in base}):
+        rs = [r for r in base if str(r["source"]) == src]
+        y = np.array([not r["correct"] for r in rs])
+        s = np.array([r["score"] for r in rs])
+        out[src] = {"questions": len(rs), "base_accuracy": float(np.mean(~y)),
+                    "auroc": auroc(s, y), "auroc_ci": bootstrap_ci(auroc, s, y)}
+    return out
+
+
 def run_probe_eval(model: str, artifacts: Path, probe: str, questions: Path, out: Path,
                    limit: int | None = None, dtype: str = "float32") -> dict[str, Any]:
     from vsteer.artifacts import ArtifactStore
@@ -106,7 +121,9 @@ def run_probe_eval(model: str, artifacts: Path, probe: str, questions: Path, out
         ev.close()
     report = {"model_name": Path(model).name, "probe": probe, "layer": p.layer,
               "pooling": p.pooling, "probe_type": p.probe_type,
-              "questions_file": str(questions), **summarize(base, abst, mit, p.threshold)}
+              "questions_file": str(questions), **summarize(base, abst, mit, p.threshold),
+              "by_source": by_source(base),
+              "trained_on": p.scores.get("training_sources")}
     write_report(out, report, {"annotate": base, "abstain": abst, "mitigate": mit})
     return report
 
@@ -143,6 +160,13 @@ def write_report(out: Path, report: dict[str, Any], passes: dict[str, list[dict[
     if "token_auroc" in report:
         lines.append(f"| per-token probe AUROC (mean score per answer) | "
                      f"{report['token_auroc']:.3f} |")
+    lines += ["", "By source (held-out questions of each; the probe was trained on "
+              f"{report.get('trained_on') or 'its training file'}):", "",
+              "| source | questions | base accuracy | AUROC [95% CI] |", "|---|---|---|---|"]
+    for src, r in report["by_source"].items():
+        lo, hi = r["auroc_ci"]
+        lines.append(f"| {src} | {r['questions']} | {r['base_accuracy']:.1%} | "
+                     f"{r['auroc']:.3f} [{lo:.3f}, {hi:.3f}] |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 

@@ -25,7 +25,8 @@ import torch
 from tqdm import tqdm
 
 from vsteer.artifacts import HallucinationProbe, ModelFingerprint
-from vsteer.probe.features import extract_features
+from vsteer.probe import select
+from vsteer.probe.features import Features, extract_features
 from vsteer.probe.metrics import auroc, roc_points, youden_threshold
 from vsteer.refusal.hf_model import HFModel
 
@@ -108,20 +109,24 @@ def _mlp_scores(x: np.ndarray, t: dict[str, np.ndarray]) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(h @ t["w2"] + float(t["b2"]))))
 
 
+def row_sources(rows: list[dict[str, Any]]) -> np.ndarray:
+    return np.array([str(r.get("source") or "default") for r in rows])
+
+
 def train_probe(m: HFModel, rows: list[dict[str, Any]], source: str
                 ) -> tuple[HallucinationProbe, dict[str, Any]]:
     if len(rows) < 50:
         raise SystemExit(f"need at least 50 training questions, got {len(rows)}")
-    y = np.array([0 if r["correct"] else 1 for r in rows], np.float64)
-    if y.min() == y.max():
-        raise SystemExit("every training answer has the same label; nothing to learn")
-    val = np.array([_is_val(r["entity"]) for r in rows])
-    fit = ~val
-    n_l = m.num_layers
-    token_layers = list(range(0, n_l, 3))
-    f = extract_features(m, rows, token_layers)
-    feats = {"mean": f.mean, "last": f.last}
+    f = extract_features(m, rows, list(range(0, m.num_layers, 3)))
+    fp = ModelFingerprint(m.model.config.architectures[0], m.hidden_size, m.num_layers)
+    return fit_probe(f, rows, fp, source)
 
+
+def _select_by_validation(feats: dict[str, np.ndarray], y: np.ndarray, fit: np.ndarray,
+                          val: np.ndarray, n_l: int, report: dict[str, Any]
+                          ) -> tuple[dict[str, Any], np.ndarray, float, dict | None]:
+    """One source: layer/pooling by validation AUROC, an MLP if it beats the linear
+    probe by MLP_MARGIN. Returns (best, weight, bias, mlp tensors or None)."""
     curve: dict[str, list[float]] = {}
     linear: dict[tuple[str, int], tuple[np.ndarray, float, float]] = {}
     for pooling, arr in feats.items():
@@ -132,7 +137,7 @@ def train_probe(m: HFModel, rows: list[dict[str, Any]], source: str
     ranked = sorted(linear, key=lambda k: -linear[k][2])
     best_pool, best_layer = ranked[0]
     best = {"type": "linear", "pooling": best_pool, "layer": best_layer,
-            "val_auroc": linear[ranked[0]][2]}
+            "val_auroc": linear[ranked[0]][2], "selection": "validation"}
     mlp_results = []
     chosen_mlp = None
     for pooling, la in ranked[:3]:
@@ -140,8 +145,55 @@ def train_probe(m: HFModel, rows: list[dict[str, Any]], source: str
         a = auroc(_mlp_scores(feats[pooling][val, la], t), y[val])
         mlp_results.append({"pooling": pooling, "layer": la, "val_auroc": a})
         if a > best["val_auroc"] + MLP_MARGIN:
-            best = {"type": "mlp", "pooling": pooling, "layer": la, "val_auroc": a}
+            best = {"type": "mlp", "pooling": pooling, "layer": la, "val_auroc": a,
+                    "selection": "validation"}
             chosen_mlp = t
+    report.update({"auroc_curve": curve, "mlp": mlp_results})
+    w, b, _ = linear[(best["pooling"], best["layer"])]
+    return best, w, b, chosen_mlp
+
+
+def _select_by_source(feats: dict[str, np.ndarray], y: np.ndarray, fit: np.ndarray,
+                      val: np.ndarray, groups: np.ndarray, n_l: int, report: dict[str, Any]
+                      ) -> tuple[dict[str, Any], np.ndarray, float, None]:
+    """Several sources: the candidate with the best left-one-source-out AUROC
+    (vsteer/probe/select.py), refit on every fit row."""
+    scores = select.group_scores({k: v[fit] for k, v in feats.items()}, y[fit], groups[fit],
+                                 select.candidates(n_l, tuple(feats)))
+    c = select.choose(scores)
+    w, b = fit_logistic(feats[c.pooling][fit, c.layer], y[fit], c.l2)
+    val_auc = auroc(linear_scores(feats[c.pooling][val, c.layer], w, b), y[val])
+    curve: dict[str, list[float]] = {p: [float("nan")] * n_l for p in feats}
+    for k, v in scores.items():
+        if k.l2 == c.l2:
+            curve[k.pooling][k.layer] = v
+    report.update({"auroc_curve": curve, "mlp": [], "source_auroc": scores[c]})
+    best = {"type": "linear", "pooling": c.pooling, "layer": c.layer, "val_auroc": val_auc,
+            "selection": "by-source", "l2": c.l2, "source_auroc": scores[c]}
+    return best, w, b, None
+
+
+def fit_probe(f: Features, rows: list[dict[str, Any]], fp: ModelFingerprint, source: str
+              ) -> tuple[HallucinationProbe, dict[str, Any]]:
+    """Everything after the hidden states: selection, fit, threshold, risk calibration
+    (the validation rows), truth direction, per-token probe."""
+    y = np.array([0 if r["correct"] else 1 for r in rows], np.float64)
+    if y.min() == y.max():
+        raise SystemExit("every training answer has the same label; nothing to learn")
+    val = np.array([_is_val(r["entity"]) for r in rows])
+    fit = ~val
+    n_l = fp.num_layers
+    token_layers = f.token_layers
+    groups = row_sources(rows)
+    feats = {"mean": f.mean, "last": f.last}
+    report: dict[str, Any] = {"source": source, "rows": len(rows), "fit": int(fit.sum()),
+                              "val": int(val.sum()), "wrong_rate": float(y.mean()),
+                              "layers": list(range(n_l)),
+                              "training_sources": sorted(set(groups.tolist()))}
+    if len(np.unique(groups[fit])) >= select.MIN_SOURCES:
+        best, w, bias, chosen_mlp = _select_by_source(feats, y, fit, val, groups, n_l, report)
+    else:
+        best, w, bias, chosen_mlp = _select_by_validation(feats, y, fit, val, n_l, report)
     pooling, layer = best["pooling"], best["layer"]
     xv = feats[pooling][val, layer]
     if chosen_mlp is not None:
@@ -149,7 +201,6 @@ def train_probe(m: HFModel, rows: list[dict[str, Any]], source: str
         bias = float(chosen_mlp["b2"])
         val_scores = _mlp_scores(xv, chosen_mlp)
     else:
-        w, bias, _ = linear[(pooling, layer)]
         tensors = {"weight": w}
         val_scores = linear_scores(xv, w, bias)
     threshold = youden_threshold(val_scores, y[val])
@@ -169,12 +220,8 @@ def train_probe(m: HFModel, rows: list[dict[str, Any]], source: str
         if a > tok_best[0]:
             tok_best = (a, la, w, b)
 
-    fp = ModelFingerprint(m.model.config.architectures[0], m.hidden_size, n_l)
     fpr, tpr, _ = roc_points(val_scores, y[val])
-    report = {
-        "source": source, "rows": len(rows), "fit": int(fit.sum()), "val": int(val.sum()),
-        "wrong_rate": float(y.mean()), "layers": list(range(n_l)), "auroc_curve": curve,
-        "mlp": mlp_results,
+    report.update({
         "chosen": {**best, "threshold": threshold,
                    "val_tpr": float((val_scores[y[val] == 1] >= threshold).mean()),
                    "val_fpr": float((val_scores[y[val] == 0] >= threshold).mean()),
@@ -182,14 +229,19 @@ def train_probe(m: HFModel, rows: list[dict[str, Any]], source: str
                    "token_val_auroc": tok_best[0]},
         "token_layers": token_layers, "token_auroc_curve": tok_curve,
         "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
-    }
+    })
     probe = HallucinationProbe(
         layer=layer, pooling=pooling, probe_type=best["type"], tensors=tensors, bias=bias,
         threshold=threshold, truth=truth, mitigate_layers=mitigate, fingerprint=fp,
         token_layer=tok_best[1], token_weight=tok_best[2], token_bias=tok_best[3],
+        conformal_scores=val_scores.astype(np.float32),
+        conformal_wrong=y[val].astype(np.float32),
         scores={k: report["chosen"][k] for k in ("val_auroc", "threshold", "val_tpr",
                                                  "val_fpr", "token_val_auroc")}
-        | {"source": source, "rows": len(rows)})
+        | {"source": source, "rows": len(rows), "selection": best["selection"],
+           "training_sources": report["training_sources"],
+           "risk_calibration": {"questions": int(val.sum()),
+                                "rows": "validation rows (entity split), not fit on"}})
     return probe, report
 
 

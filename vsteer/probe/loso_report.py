@@ -1,0 +1,77 @@
+"""report.json, report.md and loso_auroc.png for `vsteer eval probe --loso`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vsteer.probe.loso import TARGET_AUROC
+
+
+def _ci(v: float, ci: tuple[float, float]) -> str:
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _risk(r: dict[str, Any]) -> str:
+    if not r["attainable"]:
+        return f"n/a (bound ≥ {r['lowest_bound']:.2f})"
+    err = "—" if r["achieved_error"] is None else f"{r['achieved_error']:.1%}"
+    return f"{err} @ {r['coverage']:.0%}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    alphas = [r["max_error"] for r in next(iter(report["sources"].values()))["risk"]]
+    lines = ["| held-out source | questions | base accuracy | AUROC [95% CI] | "
+             "per-token AUROC [95% CI] | layer, pooling | "
+             + " | ".join(f"max_error {a:g}: error @ coverage" for a in alphas) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(alphas)]
+    for g, r in report["sources"].items():
+        tok = _ci(r["token_auroc"], r["token_auroc_ci"]) if "token_auroc" in r else "—"
+        lines.append(f"| {g} | {r['questions']} | {r['base_accuracy']:.1%} | "
+                     f"{_ci(r['auroc'], r['auroc_ci'])} | {tok} | {r['layer']}, {r['pooling']} | "
+                     + " | ".join(_risk(x) for x in r["risk"]) + " |")
+    lines += ["", "Each row: the probe trained (`vsteer probe train`'s recipe) on every other "
+              "source, tested on the one left out. Target: AUROC ≥ "
+              f"{TARGET_AUROC:.2f} on each; achieved error within 0.05 of max_error."]
+    return "\n".join(lines) + "\n"
+
+
+def write_probe_loso_report(out: Path, report: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(report))
+    _plot(out / "loso_auroc.png", report)
+
+
+def _plot(path: Path, report: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["sources"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for k, (key, label, colour) in enumerate((("auroc", "pre-decoding", "#8e44ad"),
+                                              ("token_auroc", "per-token mean", "#16a085"))):
+        xs, ys, err = [], [], [[], []]
+        for i, n in enumerate(names):
+            r = report["sources"][n]
+            if key not in r:
+                continue
+            lo, hi = r[f"{key}_ci"]
+            xs.append(i + (k - 0.5) * 0.4)
+            ys.append(r[key])
+            err[0].append(r[key] - lo)
+            err[1].append(hi - r[key])
+        ax.bar(xs, ys, 0.4, yerr=err, capsize=3, color=colour, label=label)
+    ax.axhline(TARGET_AUROC, color="black", ls=":", lw=1, label="target")
+    ax.axhline(0.5, color="grey", lw=0.5)
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set_ylim(0.3, 1.0)
+    ax.set_ylabel("AUROC on the held-out source")
+    ax.set_title("Hallucination probe, left-one-source-out (95% bootstrap CI)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
