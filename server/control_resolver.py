@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from vsteer.artifacts import ArtifactStore, ModelFingerprint
 from vsteer.server.auth import OPERATOR, Principal
 from vsteer.server.control_protocol import ControlSpec
+from vsteer.server.dose_resolver import scale_for_kl
 from vsteer.server.errors import APIError, pydantic_errors_to_api_error
 from vsteer.server.exit_resolver import resolve_early_exit
 from vsteer.server.hallucination_resolver import resolve_hallucination
@@ -87,17 +88,21 @@ class ControlResolver:
         steer_applied: list[dict[str, Any]] = []
         for i, entry in enumerate(spec.steer):
             param = f"control.steer[{i}]"
-            check_scale(entry.scale, bound, f"{param}.scale")
             stored = load_artifact(self.store, self.fingerprint, "vector", entry.vector,
                                    f"{param}.vector", who)
             layers = self._layers(entry.layers, stored.value.layers, entry.vector, param)
-            steer_applied.append({"vector": entry.vector, "scale": entry.scale,
+            scale = entry.scale if entry.kl is None else scale_for_kl(entry, stored.value,
+                                                                      layers, param)
+            check_scale(scale, bound, f"{param}.scale")
+            steer_applied.append({"vector": entry.vector, "scale": scale,
                                   "layers": layers, "positions": entry.positions,
                                   "op": entry.op})
-            if entry.scale == 0.0:
+            if entry.kl is not None:
+                steer_applied[-1]["kl"] = entry.kl
+            if scale == 0.0:
                 continue  # scale 0 is no steering, bit for bit: nothing reaches the kernel
             steer.append(steer_entry(entry.vector, stored.sha256, str(stored.path), layers,
-                                     entry.scale, entry.op, entry.positions))
+                                     scale, entry.op, entry.positions))
         if steer_applied:
             applied["steer"] = steer_applied
         decide = None

@@ -50,6 +50,10 @@ def add_vector_commands(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--artifacts", type=Path, default=None)
     exp.set_defaults(func=_export_gguf)
 
+    from vsteer.dose_cli import add_calibrate_command
+
+    add_calibrate_command(vec)
+
 
 def _store(args: argparse.Namespace):
     from vsteer.artifacts import ArtifactStore
