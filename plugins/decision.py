@@ -1,8 +1,10 @@
 """Per-request decisions made inside prefill (refusal `guard` and `controller`).
 
-At the decision layer D, on the last prompt token's stream x = hidden + residual:
-    guard:      score = cos(x, condition);  fire = score >= threshold
-                coeff[l] = scale for l in force_layers
+At the decision layer D (x = hidden + residual):
+    guard:      cosine: score = cos(x[last prompt token], condition)
+                linear: score = sigmoid(mean(x over the last `window` prompt tokens)
+                                        · weight + bias)
+                fire = score >= threshold;  coeff[l] = scale for l in force_layers
     controller: score, w = controller(x) (see vsteer/artifacts/controller.py)
                 fire = score >= threshold;  coeff[l] = w[l]
     if fire: vectors[target, l] = coeff[l] * vectors[source, l]   for l in force_layers
@@ -36,8 +38,13 @@ class Decision:
     wire: WireDecide
     source_slot: int
     target_slot: int
-    condition: np.ndarray | None = None  # [H] unit, guard (loaded into the weight table)
+    condition: np.ndarray | None = None  # [H] guard weight (unit condition for cosine)
     weight_row: int = -1  # guard: its condition's row in the job table's weights
+    linear: bool = False  # guard kind: linear (sigmoid) or cosine
+    bias: float = 0.0  # linear guard
+    window: int = 1  # last prompt tokens the guard pools (linear)
+    acc_row: int = -1  # linear guard over a window that may span prefill chunks
+    acc_n: int = 0  # window tokens accumulated so far
     controller: dict[str, torch.Tensor] = field(default_factory=dict)  # controller tensors
     w_max: float = 0.0
     done: bool = False
@@ -51,7 +58,14 @@ def load_decision(w: WireDecide, source_slot: int, target_slot: int,
     if w.kind == "guard":
         direction = RefusalDirection.from_safetensors_bytes(
             read_verified(w.direction_path, w.direction_sha256))
-        d.condition = direction.unit_condition(w.layer)
+        cal = direction.calibration
+        if cal is not None and cal.kind == "linear":
+            if cal.condition_layer != w.layer or direction.guard_weight is None:
+                raise ArtifactError("the linear guard's layer does not match the request's")
+            d.condition, d.linear = direction.guard_weight, True
+            d.bias, d.window = cal.bias, cal.window
+        else:
+            d.condition = direction.unit_condition(w.layer)
     elif w.kind == "controller":
         c = RefusalController.from_safetensors_bytes(read_verified(w.controller_path,
                                                            w.controller_sha256))
@@ -75,6 +89,18 @@ def decide(d: Decision, x: torch.Tensor) -> dict[int, float]:
     coeff = {la: weights[la] for la in w.force_layers}
     d.score, d.fired, d.done = score, score >= w.threshold, True
     return coeff if d.fired else {}
+
+
+def window_part(p: int, n: int, end: int, window: int
+                ) -> tuple[int, int, bool, bool] | None:
+    """The part of a guard's window (prompt positions [end - window, end)) in a chunk
+    of n prompt tokens at positions p..p+n: (lo, hi, the window starts here, the
+    window ends here), or None when the chunk holds none of it."""
+    start = max(end - window, 0)
+    lo, hi = max(p, start), min(p + n, end)
+    if lo >= hi:
+        return None
+    return lo, hi, lo == start, hi == end
 
 
 def write_force(source_slot: int, target_slot: int, coeff: dict[int, float],

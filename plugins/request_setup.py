@@ -58,6 +58,8 @@ class RequestSetup:
         """Give back what setup took beyond pins (those end with the request)."""
         if rc.probe is not None:
             self.jobs.free_acc(rc.probe.acc_row)
+        if rc.decision is not None:
+            self.jobs.free_acc(rc.decision.acc_row)
 
     def _setup_decision(self, rc: RequestControls, w: WireDecide, pinned: set[str]) -> None:
         try:
@@ -72,6 +74,8 @@ class RequestSetup:
             if d.condition is not None:
                 d.weight_row = self._pin_weight(f"guard:{w.direction_sha256}@{w.layer}",
                                                 d.condition, rc.keys, pinned)
+                if d.window > 1:
+                    d.acc_row = self.jobs.alloc_acc()
             else:
                 self._need_host_jobs("a refusal controller")
             rc.decision = d

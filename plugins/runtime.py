@@ -22,12 +22,12 @@ from vsteer.artifacts import (
 )
 from vsteer.kernels.decide_op import register_decider
 from vsteer.kernels.dispatch import OPS, backend, steer_backend
-from vsteer.kernels.jobs_reference import KIND_COS, KIND_SIGMOID
+from vsteer.kernels.jobs_reference import KIND_COS, KIND_SIGMOID, POOL_LAST, POOL_MEAN
 from vsteer.kernels.steer_cpu import kernel_seconds
 from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.capture import CaptureCollector
 from vsteer.plugins.channel import WorkerChannel
-from vsteer.plugins.decision import decide, write_force
+from vsteer.plugins.decision import decide, window_part, write_force
 from vsteer.plugins.device_buffer import UploadFence
 from vsteer.plugins.early_exit import UNKNOWN, ExitGroup
 from vsteer.plugins.job_table import JobTable
@@ -184,13 +184,27 @@ class ControlRuntime:
         return False
 
     # -- device-table jobs (scheduled before the forward, results after it) ------------
-    def _guard_job(self, rc: RequestControls, t: int) -> None:
+    def _guard_job(self, rc: RequestControls, a: int, p: int, split: int) -> None:
+        """The guard's job for this step's prompt rows a..split (positions p..): a
+        cosine on the last prompt token, or a linear score on the mean of the last
+        `window` prompt tokens, accumulated across prefill chunks."""
         d = rc.decision
+        part = window_part(p, split - a, rc.num_prompt_tokens, d.window)
+        if part is None:
+            return  # this chunk holds none of the window
+        lo, hi, starts, final = part
         force = (d.source_slot, d.target_slot, dict.fromkeys(d.wire.force_layers, d.wire.scale))
-        self.jobs.add(d.wire.layer, t, t + 1, KIND_COS, d.weight_row,
-                      threshold=d.wire.threshold, force=force,
-                      on_result=partial(self._guard_decided, rc))
-        d.done = True
+        if starts:
+            d.acc_n = 0  # the window starts here (again, after a preemption's recompute)
+        first = d.acc_n == 0
+        d.acc_n += hi - lo
+        self.jobs.add(d.wire.layer, a + lo - p, a + hi - p,
+                      KIND_SIGMOID if d.linear else KIND_COS, d.weight_row,
+                      pool=POOL_MEAN if d.linear else POOL_LAST, bias=d.bias,
+                      threshold=d.wire.threshold, force=force, acc_row=d.acc_row,
+                      first=first, final=final, count=d.acc_n,
+                      on_result=partial(self._guard_decided, rc) if final else None)
+        d.done = final
 
     def _guard_decided(self, rc: RequestControls, score: float, fired: bool) -> None:
         if self._not_scored(rc, score, "refusal guard"):
@@ -340,11 +354,10 @@ class ControlRuntime:
             d = rc.decision
             if d is not None and not d.done:
                 last = rc.num_prompt_tokens - 1  # decide on the last prompt token
-                if p <= last < p + (b - a):
-                    if d.weight_row >= 0:
-                        self._guard_job(rc, a + last - p)
-                    else:
-                        self._due(d.wire.layer, partial(self._refusal_job, rc, a + last - p))
+                if d.weight_row >= 0:
+                    self._guard_job(rc, a, p, split)
+                elif p <= last < p + (b - a):
+                    self._due(d.wire.layer, partial(self._refusal_job, rc, a + last - p))
             pr = rc.probe
             if pr is not None:
                 if not pr.done and split > a:

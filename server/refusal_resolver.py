@@ -105,6 +105,7 @@ def resolve_refusal(r: RefusalControl, rid: str, store: ArtifactStore, fp: Model
         out.decide = _decide("guard", cal.condition_layer, [d.layer], stored, path, thr,
                              scale, rid)
         out.applied.update({"threshold": thr, "condition_layer": cal.condition_layer,
+                            "guard_kind": cal.kind,
                             "scale": scale})
     else:
         c = ctrl.value

@@ -115,3 +115,65 @@ def test_labelled_file_reads_operator_traffic_and_rejects_bad_lines(tmp_path):
     few.write_text("\n".join(json.dumps(r) for r in rows[:4]) + "\n")
     with pytest.raises(SystemExit, match="at least 4"):
         labelled_file(few)
+
+
+def test_linear_guard_separates_content_when_style_shifts_the_cosine():
+    """Two sources; one source's style moves all its prompts, harmless ones included,
+    as far along the harmful direction as harm does (plus a style cue of its own):
+    one threshold on the classifier's score still holds the FPR on both."""
+    from vsteer.refusal.guard_fit import fit_linear_guard
+
+    rng = np.random.default_rng(3)
+    h, n_layers = 24, 4
+    q, _ = np.linalg.qr(rng.normal(size=(h, 3)))
+    content, style = q[:, 0], q[:, 1]
+    sources = [PromptSource(f"s{k}", [f"h{k}-{i}" for i in range(60)],
+                            [f"b{k}-{i}" for i in range(60)]) for k in range(2)]
+    prompts, harmful, src, held = label_sources(sources)
+    cond = rng.normal(size=(len(prompts), n_layers, h))
+    cond[:, 2] += 5.0 * harmful[:, None] * content
+    cond[:, 2] += np.where(src == "s1", 5.0, 0.0)[:, None] * (content + 2 * style)
+    data = LabelledStates(PromptStates(cond, cond.copy()), harmful, src, held)
+    _, weight, cal = fit_linear_guard(data, 3, 0.05, "worst-source", [], window=5)
+    assert cal.kind == "linear" and cal.window == 5 and cal.condition_layer == 2
+    from vsteer.probe.train import linear_scores
+
+    s = linear_scores(cond[:, 2], weight, cal.bias)
+    for name in ("s0", "s1"):
+        mine = src == name
+        assert (s[mine & ~harmful] >= cal.threshold).mean() <= 0.1
+        assert (s[mine & harmful] >= cal.threshold).mean() >= 0.6
+
+
+@pytest.mark.parametrize(("p", "n", "end", "window", "want"), [
+    (0, 20, 20, 5, (15, 20, True, True)),  # whole prompt in one chunk
+    (0, 17, 20, 5, (15, 17, True, False)),  # the window's start in this chunk
+    (17, 3, 20, 5, (17, 20, False, True)),  # its end in the next
+    (0, 10, 20, 5, None),  # a chunk before the window
+    (0, 3, 3, 5, (0, 3, True, True)),  # a prompt shorter than the window
+    (0, 20, 20, 1, (19, 20, True, True)),  # cosine: the last prompt token
+])
+def test_window_part_splits_the_guard_window_across_prefill_chunks(p, n, end, window, want):
+    from vsteer.plugins.decision import window_part
+
+    assert window_part(p, n, end, window) == want
+
+
+def test_linear_guard_round_trips_and_is_validated(tmp_path):
+    from dataclasses import replace
+
+    from test_refusal_artifacts import _direction
+
+    from vsteer.artifacts import ArtifactError, GuardCalibration, RefusalDirection
+
+    d = _direction()
+    h = d.fingerprint.hidden_size
+    cal = GuardCalibration(1, 0.7, 0.9, {"max_fpr": 0.05}, kind="linear", bias=-0.3, window=5)
+    lin = replace(d, calibration=cal, guard_weight=np.arange(h, dtype=np.float32))
+    back = RefusalDirection.from_safetensors_bytes(lin.to_safetensors_bytes())
+    assert back.calibration == cal
+    np.testing.assert_array_equal(back.guard_weight, lin.guard_weight)
+    with pytest.raises(ArtifactError, match="finite"):
+        replace(d, calibration=cal)  # linear without a weight
+    with pytest.raises(ArtifactError, match="needs a linear"):
+        replace(d, guard_weight=np.ones(h, np.float32))  # a weight without a linear guard

@@ -32,15 +32,16 @@ HARMLESS = [
 
 @pytest.fixture(scope="module")
 def offline_scores(model_dir, store):
-    """Guard scores computed offline (transformers, fp32) for HARMFUL + HARMLESS."""
-    from vsteer.refusal.calibrate import guard_scores, last_token_states
+    """Guard scores computed offline (transformers, fp32) for HARMFUL + HARMLESS, with
+    the guard's own score (the shipped recipe's linear guard)."""
+    from vsteer.refusal.calibrate import offline_guard_scores
     from vsteer.refusal.hf_model import HFModel
 
     d = store.get("direction", "refusal").value
-    layer = d.calibration.condition_layer
+    assert d.calibration.kind == "linear" and d.calibration.window > 1
     m = HFModel(str(model_dir))
-    states = last_token_states(m, HARMFUL + HARMLESS, [layer])[:, 0]
-    return dict(zip(HARMFUL + HARMLESS, guard_scores(states, d, layer).tolist(), strict=True))
+    scores = offline_guard_scores(m, d, HARMFUL + HARMLESS)
+    return dict(zip(HARMFUL + HARMLESS, scores.tolist(), strict=True))
 
 
 def test_guard_fires_above_its_threshold_and_not_below_with_the_offline_score(

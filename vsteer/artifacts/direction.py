@@ -8,7 +8,12 @@ Two per-layer families, both difference-in-means:
     post-instruction positions (Arditi et al.'s direction); what `guard` compares the
     prompt with.
 `layer` is the force layer picked on held-out prompts; `calibration` (from
-`vsteer refusal calibrate`) holds the guard's condition layer and threshold.
+`vsteer refusal calibrate`) holds the guard's condition layer and threshold, and the
+guard's score:
+    cosine (kind "cosine", older artifacts): s = cos(x_l[last prompt token], condition[l])
+    linear (kind "linear"): v = mean of x_l over the last `window` prompt tokens (the
+        chat template's post-instruction tokens), s = sigmoid(v · guard_weight + bias)
+    the guard fires when s >= threshold
 """
 
 from __future__ import annotations
@@ -33,12 +38,18 @@ from vsteer.artifacts.tensors_file import (
 KIND = "direction"
 
 
+GUARD_KINDS = ("cosine", "linear")
+
+
 @dataclass(frozen=True)
 class GuardCalibration:
     condition_layer: int
-    threshold: float  # on cos(stream at the last prompt token, condition[layer])
+    threshold: float  # on the guard's score (see the module docstring)
     f1: float
-    scores: dict[str, Any] = field(default_factory=dict)  # per-layer F1 etc.
+    scores: dict[str, Any] = field(default_factory=dict)  # per-layer figures etc.
+    kind: str = "cosine"
+    bias: float = 0.0  # linear
+    window: int = 1  # linear: last prompt tokens averaged
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,7 @@ class RefusalDirection:
     calibration: GuardCalibration | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    guard_weight: np.ndarray | None = None  # [H], linear guards
 
     def __post_init__(self) -> None:
         n = self.fingerprint.num_layers
@@ -62,6 +74,15 @@ class RefusalDirection:
         c = self.calibration
         if c is not None and not 0 <= c.condition_layer < self.layer:
             raise ArtifactError("the guard's condition layer must come before the force layer")
+        if c is not None and c.kind not in GUARD_KINDS:
+            raise ArtifactError(f"unknown guard kind {c.kind!r}")
+        linear = c is not None and c.kind == "linear"
+        w = self.guard_weight
+        if linear and (w is None or w.shape != (self.fingerprint.hidden_size,)
+                       or not np.all(np.isfinite(w)) or c.window < 1):
+            raise ArtifactError("a linear guard needs a finite [H] weight and a window >= 1")
+        if not linear and w is not None:
+            raise ArtifactError("a guard weight needs a linear guard calibration")
 
     def unit_condition(self, layer: int) -> np.ndarray:
         v = self.condition[layer]
@@ -73,6 +94,8 @@ class RefusalDirection:
     def to_safetensors_bytes(self) -> bytes:
         tensors = {f"refusal.{la}": v for la, v in self.refusal.items()}
         tensors.update({f"condition.{la}": v for la, v in self.condition.items()})
+        if self.guard_weight is not None:
+            tensors["guard_weight"] = self.guard_weight.astype(np.float32)
         meta = {"kind": KIND, "fingerprint": json.dumps(self.fingerprint.to_dict()),
                 "layer": str(self.layer), "scores": json.dumps(self.scores),
                 "provenance": json.dumps(self.provenance), "created": self.created}
@@ -90,6 +113,8 @@ class RefusalDirection:
             layer = int(meta["layer"])
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"bad direction metadata: {e}") from e
+        gw = tensors.get("guard_weight")
         return cls(per_layer(tensors, "refusal", fp), per_layer(tensors, "condition", fp),
                    layer, fp, meta_json(meta, "scores", {}), calibration,
-                   meta_json(meta, "provenance", {}), meta.get("created", ""))
+                   meta_json(meta, "provenance", {}), meta.get("created", ""),
+                   None if gw is None else np.asarray(gw, np.float32).reshape(-1))

@@ -9,8 +9,6 @@ traffic (`--from FILE`); the artifact records which, with their sizes and a dige
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -19,7 +17,8 @@ from vsteer.artifacts import RefusalDirection
 from vsteer.refusal.guard_fit import (
     LabelledStates,
     describe,
-    fit_guard,
+    fit_guard_direction,
+    guard_score,
     label_sources,
     prompt_states,
 )
@@ -45,11 +44,14 @@ def guard_scores(states: torch.Tensor, direction: RefusalDirection, layer: int) 
 
 def calibrate_from_sources(m: HFModel, direction: RefusalDirection,
                            sources: list[PromptSource], max_fpr: float = 0.05,
-                           rule: str = "worst-source") -> RefusalDirection:
+                           rule: str = "worst-source", kind: str = "linear"
+                           ) -> RefusalDirection:
     prompts, harmful, src, held = label_sources(sources)
     data = LabelledStates(prompt_states(m, prompts), harmful, src, held)
-    condition, cal = fit_guard(data, direction.layer, max_fpr, rule, describe(sources))
-    return replace(direction, condition={la: condition[la] for la in range(len(condition))},
-                   calibration=cal,
-                   provenance={**direction.provenance,
-                               "condition_fit_on": [s.name for s in sources]})
+    return fit_guard_direction(data, direction, max_fpr, rule, describe(sources), kind,
+                               m.post_instruction)
+
+
+def offline_guard_scores(m: HFModel, d: RefusalDirection, prompts: list[str]) -> np.ndarray:
+    """The guard's score for each prompt, from transformers (the runtime's twin)."""
+    return guard_score(d, prompt_states(m, prompts))

@@ -68,12 +68,15 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _guard_options(p: argparse.ArgumentParser) -> None:
-    from vsteer.refusal.guard_fit import FPR_RULES
+    from vsteer.refusal.guard_fit import FPR_RULES, GUARD_KINDS
 
     p.add_argument("--max-fpr", type=float, default=0.05,
                    help="max share of held-out harmless prompts the guard may flag")
     p.add_argument("--fpr-rule", choices=FPR_RULES, default="worst-source",
                    help="worst-source: the target holds on each source; pooled: on their mix")
+    p.add_argument("--guard-kind", choices=GUARD_KINDS, default="linear",
+                   help="linear: a classifier on the post-instruction tokens (transfers); "
+                        "cosine: cos(last token, diff-of-means direction), the first guard")
 
 
 def _setup(args: argparse.Namespace):
@@ -140,13 +143,14 @@ def _calibrate(args: argparse.Namespace) -> int:
     store = ArtifactStore(args.artifacts or default_artifacts())
     stored = _load_direction(store, args.direction)
     m = HFModel(resolve_model(args.model), args.threads)
-    d = calibrate_from_sources(m, stored.value, sources, args.max_fpr, args.fpr_rule)
+    d = calibrate_from_sources(m, stored.value, sources, args.max_fpr, args.fpr_rule,
+                               args.guard_kind)
     store.save("direction", args.direction, d, overwrite=True)
     cal = d.calibration
     assert cal is not None
     print(json.dumps({"direction": args.direction, "condition_layer": cal.condition_layer,
                       "threshold": cal.threshold, "max_fpr": args.max_fpr,
-                      "fpr_rule": args.fpr_rule,
+                      "fpr_rule": args.fpr_rule, "guard_kind": cal.kind,
                       "calibrated_on": cal.scores["calibrated_on"]}))
     return 0
 
@@ -235,7 +239,7 @@ def _eval_loso(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     m = HFModel(model, args.threads)
     report = run_loso(model, m, sources, base, args.direction, args.out, args.max_fpr,
-                      args.fpr_rule, args.dtype, ctrl)
+                      args.fpr_rule, args.dtype, ctrl, args.guard_kind)
     write_loso_report(args.out, report)
     print(json.dumps({n: {"harmful_gain": r.get("harmful", {}).get("gain"),
                           "harmless_gain": r.get("harmless", {}).get("gain"),

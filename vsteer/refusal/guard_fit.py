@@ -13,18 +13,28 @@ Semantics (states from `prompt_states`, every source split by `split_fit_heldout
 Calibration data are pooled from several sources on purpose: one distribution's
 threshold did not transfer (issue 16), and "worst-source" keeps the benign flag rate
 under the target on each source it saw, not only on their mix.
+
+The linear guard (fit_linear_guard, the default since issue 16) replaces the cosine:
+    v_l(x)       = mean of x_l over the post-instruction tokens (cond_l)
+    w_l, b_l     = L2-regularised logistic regression on the fit rows (harmful = 1),
+                   pooled over every source; with matched harmless prompts in each
+                   source's style, the weight must separate content, not phrasing
+    score_l(x)   = sigmoid(v_l(x) · w_l + b_l); threshold and layer as above
+On left-one-source-out the cosine's score shifted with each source's phrasing (one
+threshold flagged a third of one source's harmless prompts and none of another's
+harmful ones); the classifier's did much less (bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from vsteer.artifacts import GuardCalibration
+from vsteer.artifacts import GuardCalibration, RefusalDirection
 from vsteer.refusal.data import split_fit_heldout
 from vsteer.refusal.hf_model import HFModel, chunks
 from vsteer.refusal.sources import PromptSource
@@ -145,6 +155,78 @@ def fit_guard(data: LabelledStates, force_layer: int, max_fpr: float, rule: str,
         "held_out_harmful": int(pos.sum()), "held_out_harmless": int(neg.sum()),
         "calibrated_on": calibrated_on})
     return condition, cal
+
+
+LINEAR_L2 = 30.0
+GUARD_KINDS = ("linear", "cosine")
+
+
+def guard_score(d: RefusalDirection, states: PromptStates) -> np.ndarray:
+    """The guard's score for prompts (numpy twin of the runtime's job): [N]."""
+    from vsteer.probe.train import linear_scores
+
+    cal = d.calibration
+    if cal is None:
+        raise ValueError("the direction has no guard calibration")
+    la = cal.condition_layer
+    if cal.kind == "linear":
+        assert d.guard_weight is not None
+        return linear_scores(states.cond[:, la], d.guard_weight, cal.bias)
+    return cosine(states.last[:, la], d.condition[la])
+
+
+def fit_guard_direction(data: LabelledStates, base: RefusalDirection, max_fpr: float,
+                        rule: str, calibrated_on: list[dict], kind: str, window: int
+                        ) -> RefusalDirection:
+    """`base` with its guard refit on `data` (force vector and layer kept)."""
+    weight = None
+    if kind == "linear":
+        condition, weight, cal = fit_linear_guard(data, base.layer, max_fpr, rule,
+                                                  calibrated_on, window)
+    elif kind == "cosine":
+        condition, cal = fit_guard(data, base.layer, max_fpr, rule, calibrated_on)
+    else:
+        raise ValueError(f"guard kind must be one of {GUARD_KINDS}")
+    return replace(base, condition={la: condition[la] for la in range(len(condition))},
+                   calibration=cal, guard_weight=weight,
+                   provenance={**base.provenance,
+                               "condition_fit_on": [c["source"] for c in calibrated_on]})
+
+
+def fit_linear_guard(data: LabelledStates, force_layer: int, max_fpr: float, rule: str,
+                     calibrated_on: list[dict], window: int
+                     ) -> tuple[np.ndarray, np.ndarray, GuardCalibration]:
+    """(condition [L, H] diff-means (kept for the record), weight [H], calibration)."""
+    from vsteer.probe.train import fit_logistic, linear_scores
+
+    if force_layer < 2:
+        raise ValueError(f"force layer {force_layer} leaves no layer for the condition")
+    condition = condition_vectors(data)
+    fit, held = ~data.held, data.held
+    pos, neg = held & data.harmful, held & ~data.harmful
+    if not pos.any() or not neg.any():
+        raise ValueError("calibration needs held-out harmful and harmless prompts")
+    y = data.harmful.astype(np.float64)
+    per_layer: dict[str, dict[str, float]] = {}
+    best: tuple[float, int, float, np.ndarray, float] | None = None
+    for la in tqdm(range(1, force_layer), desc="guard classifiers", unit="layer"):
+        w, b = fit_logistic(data.states.cond[fit, la], y[fit], LINEAR_L2)
+        s = linear_scores(data.states.cond[:, la], w, b)
+        t = threshold_for(s[neg], data.source[neg], max_fpr, rule)
+        tpr, fpr = float((s[pos] >= t).mean()), float((s[neg] >= t).mean())
+        per_layer[str(la)] = {"threshold": t, "tpr": tpr, "fpr": fpr}
+        if best is None or tpr > best[0]:
+            best = (tpr, la, t, w, b)
+    assert best is not None
+    tpr, layer, thr, weight, bias = best
+    fpr = per_layer[str(layer)]["fpr"]
+    prec = tpr * pos.sum() / max(tpr * pos.sum() + fpr * neg.sum(), 1e-12)
+    f1 = 2 * prec * tpr / max(prec + tpr, 1e-12)
+    cal = GuardCalibration(layer, thr, float(f1), {
+        "per_layer": per_layer, "max_fpr": max_fpr, "fpr_rule": rule, "l2": LINEAR_L2,
+        "held_out_harmful": int(pos.sum()), "held_out_harmless": int(neg.sum()),
+        "calibrated_on": calibrated_on}, kind="linear", bias=float(bias), window=window)
+    return condition, weight.astype(np.float32), cal
 
 
 def describe(sources: list[PromptSource]) -> list[dict]:

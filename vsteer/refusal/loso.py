@@ -25,10 +25,12 @@ from vsteer.artifacts.store import Stored
 from vsteer.refusal.gate_fit import calibrate_gate
 from vsteer.refusal.guard_fit import (
     FPR_RULES,
+    GUARD_KINDS,
     LabelledStates,
-    cosine,
+    PromptStates,
     describe,
-    fit_guard,
+    fit_guard_direction,
+    guard_score,
     label_sources,
     prompt_states,
 )
@@ -40,19 +42,14 @@ TARGET_HARMLESS_GAIN = 0.05  # harmless refusal <= +5 points
 
 
 def fold_directions(data: LabelledStates, sources: list[PromptSource],
-                    base: RefusalDirection, max_fpr: float, rule: str
-                    ) -> dict[str, RefusalDirection]:
+                    base: RefusalDirection, max_fpr: float, rule: str, kind: str,
+                    window: int) -> dict[str, RefusalDirection]:
     out = {}
     for s in sources:
         rest = [o for o in sources if o.name != s.name]
-        keep = data.source != s.name
-        condition, cal = fit_guard(data.subset(keep), base.layer, max_fpr, rule,
-                                   describe(rest))
-        out[s.name] = replace(
-            base, condition={la: condition[la] for la in range(len(condition))},
-            calibration=cal,
-            provenance={**base.provenance, "loso_held_out": s.name,
-                        "condition_fit_on": [o.name for o in rest]})
+        d = fit_guard_direction(data.subset(data.source != s.name), base, max_fpr, rule,
+                                describe(rest), kind, window)
+        out[s.name] = replace(d, provenance={**d.provenance, "loso_held_out": s.name})
     return out
 
 
@@ -75,7 +72,7 @@ def offline_triggers(data: LabelledStates, d: RefusalDirection, source: str
     cal = d.calibration
     assert cal is not None
     keep = data.source == source
-    s = cosine(data.states.last[keep, cal.condition_layer], d.condition[cal.condition_layer])
+    s = guard_score(d, PromptStates(data.states.cond[keep], data.states.last[keep]))
     fired, harmful = s >= cal.threshold, data.harmful[keep]
     return {"harmful": float(fired[harmful].mean()) if harmful.any() else None,
             "harmless": float(fired[~harmful].mean()) if (~harmful).any() else None}
@@ -105,14 +102,18 @@ def summarize_source(base: dict[str, list[dict]], guard: dict[str, list[dict]]
 
 def run_loso(model: str, m, sources: list[PromptSource], base: Stored, base_name: str,
              out: Path, max_fpr: float, rule: str, dtype: str,
-             controller: tuple[str, RefusalController] | None = None) -> dict[str, Any]:
+             controller: tuple[str, RefusalController] | None = None,
+             kind: str = "linear") -> dict[str, Any]:
     from vsteer.refusal.evaluate import RefusalEval
 
     prompts, harmful, src, held = label_sources(sources)
     data = LabelledStates(prompt_states(m, prompts), harmful, src, held)
     store = ArtifactStore(out / "artifacts")
-    folds = {r: fold_directions(data, sources, base.value, max_fpr, r) for r in FPR_RULES}
-    for name, d in folds[rule].items():
+    variants = {f"{k}/{r}": fold_directions(data, sources, base.value, max_fpr, r, k,
+                                            m.post_instruction)
+                for k in GUARD_KINDS for r in FPR_RULES}
+    chosen = variants[f"{kind}/{rule}"]
+    for name, d in chosen.items():
         store.save("direction", f"loso-{name}", d, overwrite=True)
     modes = ["base", "guard"]
     if controller is not None:  # the controller names the base direction by its bytes
@@ -123,14 +124,15 @@ def run_loso(model: str, m, sources: list[PromptSource], base: Stored, base_name
     report: dict[str, Any] = {
         "direction": base_name, "force_layer": base.value.layer, "max_fpr": max_fpr,
         "controller": controller[0] if controller else None, "modes": modes,
+        "guard_kind": kind,
         "fpr_rule": rule, "sources": {}, "offline_triggers": {
-            r: {n: offline_triggers(data, d, n) for n, d in fs.items()}
-            for r, fs in folds.items()}}
+            v: {n: offline_triggers(data, d, n) for n, d in fs.items()}
+            for v, fs in variants.items()}}
     samples: list[dict[str, Any]] = []
     ev = RefusalEval(model, out / "artifacts", dtype)
     try:
         for s in sources:
-            d = folds[rule][s.name]
+            d = chosen[s.name]
             cal = d.calibration
             assert cal is not None
             controls: dict[str, dict[str, Any] | None] = {
