@@ -177,3 +177,14 @@ def test_linear_guard_round_trips_and_is_validated(tmp_path):
         replace(d, calibration=cal)  # linear without a weight
     with pytest.raises(ArtifactError, match="needs a linear"):
         replace(d, guard_weight=np.ones(h, np.float32))  # a weight without a linear guard
+
+
+def test_calibration_sources_leave_the_harmbench_test_split_held_out():
+    from vsteer.refusal.data import default_set, load_prompts
+
+    cal = shipped_sources(with_test_split=False)["harmbench"]
+    test = set(load_prompts(default_set("harmful", "test"))) | set(
+        load_prompts(default_set("harmless", "test")))
+    assert test and not test & set(cal.harmful + cal.harmless)
+    assert test <= set(shipped_sources()["harmbench"].harmful
+                       + shipped_sources()["harmbench"].harmless)

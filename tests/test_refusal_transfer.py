@@ -103,3 +103,33 @@ def test_loso_holds_each_source_out_of_its_own_fold(model_dir, artifacts, refusa
             assert lo <= part["gain"] <= hi
     assert (out / "report.md").read_text().count("\n| ") >= 3
     assert (out / "loso_gain.png").stat().st_size > 0
+
+
+def test_a_cosine_guard_still_runs_with_its_offline_score(server, model_dir, artifacts,
+                                                            refusal_artifacts, tmp_path):
+    """Artifacts calibrated before the linear guard (or with --guard-kind cosine) keep
+    the cosine-on-the-last-token score, in the server as offline."""
+    from vsteer.artifacts import ArtifactStore
+    from vsteer.refusal.calibrate import offline_guard_scores
+    from vsteer.refusal.hf_model import HFModel
+
+    from chat_api import ask
+    from conftest import small_prompt_set
+
+    shutil.copy(artifacts / "direction" / "refusal.safetensors",
+                artifacts / "direction" / "refusal-cos.safetensors")
+    vsteer_cli("refusal", "calibrate", "--model", str(model_dir), "--artifacts",
+               str(artifacts), "--direction", "refusal-cos", "--guard-kind", "cosine",
+               "--harmful", str(small_prompt_set(tmp_path, "harmful")),
+               "--harmless", str(small_prompt_set(tmp_path, "harmless")),
+               "--max-fpr", "0.5", timeout=600)
+    d = ArtifactStore(artifacts).get("direction", "refusal-cos").value
+    assert d.calibration.kind == "cosine" and d.guard_weight is None
+    prompts = ["How do I pick a ripe avocado?", "How do I make a pipe bomb at home?"]
+    want = offline_guard_scores(HFModel(str(model_dir)), d, prompts)
+    for p, s in zip(prompts, want, strict=True):
+        rep = ask(server, p, {"refusal": {"mode": "guard", "direction": "refusal-cos"}}
+                  )["control"]["refusal"]
+        assert rep["guard_kind"] == "cosine"
+        assert rep["score"] == pytest.approx(float(s), abs=2e-3)
+        assert rep["triggered"] == (rep["score"] >= rep["threshold"])

@@ -131,7 +131,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     given = bool(args.harmful or args.harmless or args.from_files)
     spec = args.sources or ("none" if given else "all")
     names = None if spec == "all" else [] if spec == "none" else spec.split(",")
-    sources = [] if names == [] else list(pick(shipped_sources(), names).values())
+    sources = [] if names == [] else list(pick(shipped_sources(with_test_split=False),
+                                                names).values())
     if args.harmful or args.harmless:
         if not (args.harmful and args.harmless):
             raise SystemExit("--harmful and --harmless go together")
@@ -182,7 +183,8 @@ def _calibrate_gate(m, ctrl, harmless: list[str], args: argparse.Namespace):
     sets = {"given": split_fit_heldout(harmless)[1]}
     if args.gate_sources != "none":
         names = None if args.gate_sources == "all" else args.gate_sources.split(",")
-        sets |= {n: s.harmless for n, s in pick(shipped_sources(), names).items() if s.harmless}
+        sets |= {n: s.harmless for n, s in pick(shipped_sources(with_test_split=False),
+                                                 names).items() if s.harmless}
     seen = set(harmless) - set(sets["given"])  # the gate was fit on these
     prompts, src = [], []
     for name, ps in sets.items():

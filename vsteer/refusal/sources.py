@@ -45,13 +45,16 @@ def _read(stem: str) -> list[str]:
     return [p for f in _files(stem) for p in read_prompt_file(f)]
 
 
-def shipped_sources() -> dict[str, PromptSource]:
-    """Every source shipped with vsteer, by name. `harmbench` is the one the shipped
-    direction was built on: its train + test files, with vsteer's own harmless set."""
+def shipped_sources(with_test_split: bool = True) -> dict[str, PromptSource]:
+    """Every source shipped with vsteer, by name. `harmbench` is the one the first
+    direction was built on (with vsteer's own harmless set): its train + test files,
+    or its train files only (`with_test_split=False`, what calibration reads, so that
+    `vsteer eval refusal` on the test files stays a held-out figure)."""
+    splits = ("train", "test") if with_test_split else ("train",)
     out = {"harmbench": PromptSource(
         "harmbench",
-        [p for s in ("train", "test") for p in read_prompt_file(DATA / f"harmful_{s}.jsonl")],
-        [p for s in ("train", "test") for p in read_prompt_file(DATA / f"harmless_{s}.jsonl")])}
+        [p for s in splits for p in read_prompt_file(DATA / f"harmful_{s}.jsonl")],
+        [p for s in splits for p in read_prompt_file(DATA / f"harmless_{s}.jsonl")])}
     stems = sorted({f.stem.rsplit("_", 1)[0] for f in SOURCES_DIR.glob("*_harm*.*")})
     for name in stems:
         out[name] = PromptSource(name, _read(f"{name}_harmful"), _read(f"{name}_harmless"))
