@@ -43,5 +43,7 @@ def test_loso_trains_without_each_source_and_reports_it(model_dir, by_family, tm
         for x in r["risk"]:
             if x["attainable"] and x["achieved_error"] is not None:
                 assert 0 <= x["coverage"] <= 1
+    for g, r in report["in_distribution"].items():  # held-out entities of each source
+        assert r["questions"] == sum(x["family"] == g and x["split"] == "test" for x in rows)
     assert (out / "loso_auroc.png").stat().st_size > 0
     assert "max_error 0.3" in (out / "report.md").read_text()

@@ -10,7 +10,9 @@ against this twin). For each source g:
     2. score every question of g and report AUROC (bootstrap CI), the per-token
        probe's mean-score AUROC, and, for each max_error target, the threshold the
        server would use and the error and coverage it achieves on g.
-No question of g is read by any step of its fold.
+No question of g is read by any step of its fold. For comparison, the report also
+holds the in-distribution figures: one probe trained on every source's train split,
+tested on each source's held-out entities (split=test).
 """
 
 from __future__ import annotations
@@ -110,4 +112,16 @@ def run_probe_loso(m, rows: list[dict[str, Any]], max_errors: tuple[float, ...] 
         report["sources"][g] = {**evaluate_fold(probe, subset(f, test), y[test], max_errors),
                                 "trained_on": train_report["training_sources"],
                                 "selection": probe.scores["selection"]}
+    # in distribution, for comparison: trained on every source's train split (what
+    # `vsteer probe train` ships), tested on each source's held-out entities
+    split = np.array([r.get("split", "train") for r in rows])
+    train = split == "train"
+    probe, _ = fit_probe(subset(f, train), [r for r, t in zip(rows, train, strict=True) if t],
+                         fp, "all-sources")
+    report["in_distribution"] = {}
+    for g in sorted(set(groups.tolist())):
+        test = (groups == g) & ~train
+        if test.any():
+            report["in_distribution"][g] = evaluate_fold(probe, subset(f, test), y[test],
+                                                         max_errors)
     return report
