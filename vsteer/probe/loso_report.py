@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vsteer.ci_bars import Bar, grouped_ci_bars
 from vsteer.probe.loso import TARGET_AUROC
 
 
@@ -55,29 +56,18 @@ def write_probe_loso_report(out: Path, report: dict[str, Any]) -> None:
 
 
 def _plot(path: Path, report: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(report["sources"])
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for k, (key, label, colour) in enumerate((("auroc", "pre-decoding", "#8e44ad"),
-                                              ("token_auroc", "per-token mean", "#16a085"))):
-        xs, ys, err = [], [], [[], []]
-        for i, n in enumerate(names):
-            r = report["sources"][n]
-            if key not in r:
-                continue
-            lo, hi = r[f"{key}_ci"]
-            xs.append(i + (k - 0.5) * 0.4)
-            ys.append(r[key])
-            err[0].append(r[key] - lo)
-            err[1].append(hi - r[key])
-        ax.bar(xs, ys, 0.4, yerr=err, capsize=3, color=colour, label=label)
+
+    def bars(key: str) -> list[Bar]:
+        rs = [report["sources"][n] for n in names]
+        return [(r[key], *r[f"{key}_ci"]) if key in r else None for r in rs]
+
+    fig, ax = grouped_ci_bars(names, [("pre-decoding", "#8e44ad", bars("auroc")),
+                                      ("per-token mean", "#16a085", bars("token_auroc"))])
     ax.axhline(TARGET_AUROC, color="black", ls=":", lw=1, label="target")
     ax.axhline(0.5, color="grey", lw=0.5)
-    ax.set_xticks(range(len(names)), names, rotation=20)
     ax.set_ylim(0.3, 1.0)
     ax.set_ylabel("AUROC on the held-out source")
     ax.set_title("Hallucination probe, left-one-source-out (95% bootstrap CI)")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vsteer.ci_bars import Bar, grouped_ci_bars
 from vsteer.refusal.judge import JUDGE_CHARS
 from vsteer.refusal.loso import TARGET_HARMFUL_GAIN, TARGET_HARMLESS_GAIN
 
@@ -78,28 +79,19 @@ def write_loso_report(out: Path, report: dict[str, Any]) -> None:
 
 
 def _plot(path: Path, report: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(report["sources"])
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for k, (kind, colour) in enumerate((("harmful", "#c0392b"), ("harmless", "#2980b9"))):
-        xs, ys, errs = [], [], [[], []]
-        for i, n in enumerate(names):
-            part = report["sources"][n].get(kind)
-            if part is None:
-                continue
-            lo, hi = part["gain_ci"]
-            xs.append(i + (k - 0.5) * 0.4)
-            ys.append(part["gain"] * 100)
-            errs[0].append((part["gain"] - lo) * 100)
-            errs[1].append((hi - part["gain"]) * 100)
-        ax.bar(xs, ys, 0.4, yerr=errs, capsize=3, color=colour, label=kind)
+
+    def bars(kind: str) -> list[Bar]:
+        parts = [report["sources"][n].get(kind) for n in names]
+        return [None if p is None else (p["gain"] * 100, p["gain_ci"][0] * 100,
+                                        p["gain_ci"][1] * 100) for p in parts]
+
+    fig, ax = grouped_ci_bars(names, [("harmful", "#c0392b", bars("harmful")),
+                                      ("harmless", "#2980b9", bars("harmless"))])
     ax.axhline(TARGET_HARMFUL_GAIN * 100, color="#c0392b", ls=":", lw=1)
     ax.axhline(TARGET_HARMLESS_GAIN * 100, color="#2980b9", ls=":", lw=1)
-    ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("refusal gain over base (points)")
     ax.set_title("Refusal guard, left-one-source-out (95% bootstrap CI)")
     ax.legend()
