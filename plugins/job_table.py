@@ -84,7 +84,7 @@ class JobTable:
 
     def alloc_acc(self) -> int:
         if not self._free_acc:
-            raise TableFull(f"all {self.acc.shape[0]} probe accumulators are in use")
+            raise TableFull(f"all {self.acc.shape[0]} job accumulators are in use")
         return self._free_acc.pop()
 
     def free_acc(self, row: int) -> None:

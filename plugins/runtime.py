@@ -63,9 +63,10 @@ class ControlRuntime:
                                shape.hidden_size, shape.dtype, shape.device)
         self.plan = TokenPlan(shape.max_num_tokens, 2 * shape.max_num_reqs,
                               int(cfg.get("max_entries", MAX_STEER_ENTRIES)), shape.device)
-        # per scheduled request at most a guard, a probe chunk and a per-token score
+        # per scheduled request at most a guard, a probe chunk and a per-token score;
+        # accumulators: a mean-pooled probe and a linear guard's window each hold one
         self.jobs = JobTable(3 * shape.max_num_reqs, shape.num_layers, shape.hidden_size,
-                             2 * shape.max_num_reqs, shape.max_num_reqs, shape.device,
+                             2 * shape.max_num_reqs, 2 * shape.max_num_reqs, shape.device,
                              self.plan.step)
         # The runtime's state is shared with the thread that reads job results
         # (plugins/result_mailbox.py): both hold this lock while they touch it.
