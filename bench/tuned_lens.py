@@ -87,7 +87,8 @@ def main() -> int:
         run = cascade(conf[test], agree[test], thr, LAYERS, n_l)
         saved = net_saving(conf[test], thr, LAYERS, n_l)
         result["lenses"][name] = {
-            "agreement": {str(la): float(agree[test, k].mean()) for k, la in enumerate(LAYERS)},
+            "agreement_by_layer": {str(la): float(agree[test, k].mean())
+                                   for k, la in enumerate(LAYERS)},
             "thresholds": thr.tolist(), **run,
             "net_layers_saved": saved, "projected_speedup": n_l / max(n_l - saved, 1e-9)}
         print(name, json.dumps(result["lenses"][name]), flush=True)
@@ -106,7 +107,7 @@ def _plot(path: Path, result: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, r in result["lenses"].items():
-        ax.plot(result["layers"], [r["agreement"][str(la)] for la in result["layers"]],
+        ax.plot(result["layers"], [r["agreement_by_layer"][str(la)] for la in result["layers"]],
                 marker="o", label=f"{name} lens")
     ax.axhline(result["target"], color="grey", ls=":", label=f"{result['target']:.0%}")
     ax.set_xlabel("exit layer")
