@@ -56,8 +56,8 @@ def dosed(server, model_dir, artifacts, demo_vector):
     src = artifacts / "vector" / "joyful.safetensors"
     shutil.copy(src, artifacts / "vector" / "joyful-dosed.safetensors")
     out = vsteer_cli("vector", "calibrate", "joyful-dosed", "--model", str(model_dir),
-                     "--artifacts", str(artifacts), "--limit", "4", "--scales",
-                     "-4,-1,0,1,2,4", "--gen-tokens", "8", timeout=600)
+                     "--artifacts", str(artifacts), "--limit", "4",
+                     "--scales=-4,-1,0,1,2,4", "--gen-tokens", "8", timeout=600)
     return DoseCurve.from_dict({k: v for k, v in json.loads(out.strip().splitlines()[-1])
                                 .items() if k in DoseCurve.__dataclass_fields__})
 

@@ -19,7 +19,8 @@ def add_calibrate_command(vec: argparse._SubParsersAction) -> None:
                      help="JSONL of {\"prompt\": ...} (default: the shipped general prompts)")
     cal.add_argument("--limit", type=int, default=32, help="prompts used (default 32)")
     cal.add_argument("--scales", default=None,
-                     help="comma list (default -8,-4,-2,-1,-0.5,0,0.5,1,2,4,8)")
+                     help="comma list, written --scales=-4,-1,0,1,4 when it starts with a minus "
+                          "(default -8,-4,-2,-1,-0.5,0,0.5,1,2,4,8)")
     cal.add_argument("--gen-tokens", type=int, default=32)
     cal.add_argument("--threads", type=int, default=None)
     cal.add_argument("--report", type=Path, default=None,
