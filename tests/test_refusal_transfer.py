@@ -117,18 +117,18 @@ def test_a_cosine_guard_still_runs_with_its_offline_score(server, model_dir, art
     from conftest import small_prompt_set
 
     shutil.copy(artifacts / "direction" / "refusal.safetensors",
-                artifacts / "direction" / "refusal-cos.safetensors")
+                artifacts / "direction" / "cosguard.safetensors")
     vsteer_cli("refusal", "calibrate", "--model", str(model_dir), "--artifacts",
-               str(artifacts), "--direction", "refusal-cos", "--guard-kind", "cosine",
+               str(artifacts), "--direction", "cosguard", "--guard-kind", "cosine",
                "--harmful", str(small_prompt_set(tmp_path, "harmful")),
                "--harmless", str(small_prompt_set(tmp_path, "harmless")),
                "--max-fpr", "0.5", timeout=600)
-    d = ArtifactStore(artifacts).get("direction", "refusal-cos").value
+    d = ArtifactStore(artifacts).get("direction", "cosguard").value
     assert d.calibration.kind == "cosine" and d.guard_weight is None
     prompts = ["How do I pick a ripe avocado?", "How do I make a pipe bomb at home?"]
     want = offline_guard_scores(HFModel(str(model_dir)), d, prompts)
     for p, s in zip(prompts, want, strict=True):
-        rep = ask(server, p, {"refusal": {"mode": "guard", "direction": "refusal-cos"}}
+        rep = ask(server, p, {"refusal": {"mode": "guard", "direction": "cosguard"}}
                   )["control"]["refusal"]
         assert rep["guard_kind"] == "cosine"
         assert rep["score"] == pytest.approx(float(s), abs=2e-3)
