@@ -36,12 +36,6 @@ def last_token_states(m: HFModel, prompts: list[str], layers: list[int]) -> torc
     return torch.cat(out)
 
 
-def guard_scores(states: torch.Tensor, direction: RefusalDirection, layer: int) -> np.ndarray:
-    c = torch.from_numpy(direction.unit_condition(layer))
-    x = states.float()
-    return ((x @ c) / x.norm(dim=-1).clamp_min(1e-12)).numpy()
-
-
 def calibrate_from_sources(m: HFModel, direction: RefusalDirection,
                            sources: list[PromptSource], max_fpr: float = 0.05,
                            rule: str = "worst-source", kind: str = "linear"

@@ -125,6 +125,12 @@ def threshold_for(scores: np.ndarray, sources: np.ndarray, max_fpr: float, rule:
     raise ValueError(f"fpr rule must be one of {FPR_RULES}")
 
 
+def _f1(tpr: float, fpr: float, n_pos: int, n_neg: int) -> float:
+    """F1 of harmful detection at a (tpr, fpr) operating point."""
+    prec = tpr * n_pos / max(tpr * n_pos + fpr * n_neg, 1e-12)
+    return 2 * prec * tpr / max(prec + tpr, 1e-12)
+
+
 def fit_guard(data: LabelledStates, force_layer: int, max_fpr: float, rule: str,
               calibrated_on: list[dict]) -> tuple[np.ndarray, GuardCalibration]:
     """(condition [L, H], calibration) from the fit rows (vectors) and held rows
@@ -148,8 +154,7 @@ def fit_guard(data: LabelledStates, force_layer: int, max_fpr: float, rule: str,
     assert best is not None
     tpr, layer, thr = best
     fpr = per_layer[str(layer)]["fpr"]
-    prec = tpr * pos.sum() / max(tpr * pos.sum() + fpr * neg.sum(), 1e-12)
-    f1 = 2 * prec * tpr / max(prec + tpr, 1e-12)
+    f1 = _f1(tpr, fpr, int(pos.sum()), int(neg.sum()))
     cal = GuardCalibration(layer, thr, float(f1), {
         "per_layer": per_layer, "max_fpr": max_fpr, "fpr_rule": rule,
         "held_out_harmful": int(pos.sum()), "held_out_harmless": int(neg.sum()),
@@ -220,8 +225,7 @@ def fit_linear_guard(data: LabelledStates, force_layer: int, max_fpr: float, rul
     assert best is not None
     tpr, layer, thr, weight, bias = best
     fpr = per_layer[str(layer)]["fpr"]
-    prec = tpr * pos.sum() / max(tpr * pos.sum() + fpr * neg.sum(), 1e-12)
-    f1 = 2 * prec * tpr / max(prec + tpr, 1e-12)
+    f1 = _f1(tpr, fpr, int(pos.sum()), int(neg.sum()))
     cal = GuardCalibration(layer, thr, float(f1), {
         "per_layer": per_layer, "max_fpr": max_fpr, "fpr_rule": rule, "l2": LINEAR_L2,
         "held_out_harmful": int(pos.sum()), "held_out_harmless": int(neg.sum()),
