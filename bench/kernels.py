@@ -22,9 +22,7 @@ from timing import device_name, median_seconds  # noqa: E402
 
 import vsteer.kernels  # noqa: E402,F401
 from vsteer.kernels.dispatch import backend  # noqa: E402
-from vsteer.kernels.exit_reference import exit_confidence_reference  # noqa: E402
 from vsteer.kernels.jobs_reference import KIND_SIGMOID, score_jobs_reference  # noqa: E402
-from vsteer.kernels.probe_reference import PER_TOKEN, probe_score_reference  # noqa: E402
 from vsteer.kernels.steer_reference import OP_ADD, steer_apply_reference  # noqa: E402
 from vsteer.plugins.job_table import JobTable  # noqa: E402
 
@@ -106,18 +104,6 @@ def main() -> None:
         print(f"| steer_apply add | T={tokens} H={hidden}, {slots} vectors | {impl.name} | "
               f"{t_impl * 1e3:.3f} | {t_ref * 1e3:.3f} | {t_ref / t_impl:.1f}x | {bw} |")
 
-    tokens, hidden = (4096, 4096) if gpu and not args.quick else (256, 576)
-    h = torch.randn(tokens, hidden, device=device, dtype=dtype)
-    w = torch.randn(hidden, device=device, dtype=dtype)
-    cu = torch.tensor([0, tokens], dtype=torch.int32, device=device)
-    out = torch.empty(tokens, device=device)
-    impl = backend("probe_score", device)
-    t_impl = median_seconds(lambda: impl.fn(h, h, cu, w, 0.0, PER_TOKEN, out), device)
-    t_ref = median_seconds(lambda: probe_score_reference(h, h, cu, w, 0.0, PER_TOKEN, out),
-                           device)
-    print(f"| probe_score per token | T={tokens} H={hidden} | {impl.name} | {t_impl * 1e3:.3f} "
-          f"| {t_ref * 1e3:.3f} | {t_ref / t_impl:.1f}x | |")
-
     tokens, hidden = (256, 4096) if gpu and not args.quick else (32, 576)
     case = jobs_case(device, tokens, hidden, dtype)
     impl = backend("score_jobs", device)
@@ -132,15 +118,6 @@ def main() -> None:
     t_op = median_seconds(lambda: torch.ops.vsteer.score_jobs(*case, idle, 1), device)
     print(f"| score_jobs via torch.ops, step without jobs | T={tokens} H={hidden} | "
           f"{impl.name} | {t_op * 1e3:.4f} | | | |")
-
-    tokens, vocab = (256, 128256) if gpu and not args.quick else (16, 49152)
-    logits = torch.randn(tokens, vocab, device=device, dtype=dtype)
-    out3 = torch.empty(tokens, 3, device=device)
-    impl = backend("exit_confidence", device)
-    t_impl = median_seconds(lambda: impl.fn(logits, out3), device)
-    t_ref = median_seconds(lambda: exit_confidence_reference(logits, out3), device)
-    print(f"| exit_confidence | T={tokens} V={vocab} | {impl.name} | {t_impl * 1e3:.3f} | "
-          f"{t_ref * 1e3:.3f} | {t_ref / t_impl:.1f}x | |")
 
 
 if __name__ == "__main__":

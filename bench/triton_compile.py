@@ -22,7 +22,6 @@ from vsteer.kernels.gpu_compile import (
     HIDDEN_SIZES,
     TARGETS,
     compile_launch,
-    exit_launches,
     launches,
 )
 
@@ -39,7 +38,6 @@ def main() -> None:
 
     rows = [(launch, dt, str(h)) for dt in dtypes for h in hiddens
             for launch in launches(dt, h)]
-    rows += [(launch, dt, "any") for dt in dtypes for launch in exit_launches(dt)]
     rows.sort(key=lambda r: r[0].kernel)
     head = "| kernel | launch | dtype | H |" + "".join(
         f" sm_{cc} regs | sm_{cc} spills st/ld B | sm_{cc} smem B |" for cc in targets)

@@ -1,8 +1,8 @@
 """Which implementation runs each kernel op on a given device type.
 
-CPU runs torch code (`steer_cpu`, `jobs_cpu`, the references for the rest); CUDA runs
-the Triton kernels when `triton` imports, else the references. The choice is logged
-once per (op, device) and exported by the server as `vsteer_kernel_backend`.
+CPU runs torch code (`steer_cpu`, `jobs_cpu`); CUDA runs the Triton kernels when
+`triton` imports, else the references. The choice is logged once per (op, device) and
+exported by the server as `vsteer_kernel_backend`.
 """
 
 from __future__ import annotations
@@ -13,15 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
-from vsteer.kernels.exit_reference import exit_confidence_reference
 from vsteer.kernels.jobs_cpu import score_jobs_cpu
 from vsteer.kernels.jobs_reference import score_jobs_reference
-from vsteer.kernels.probe_reference import probe_score_reference
 from vsteer.kernels.steer_cpu import steer_apply_cpu
 from vsteer.kernels.steer_reference import steer_apply_reference
 
 log = logging.getLogger("vsteer.kernels")
-OPS = ("steer_apply", "probe_score", "exit_confidence", "score_jobs")
+OPS = ("steer_apply", "score_jobs")
 
 
 @dataclass(frozen=True)
@@ -32,8 +30,6 @@ class Backend:
 
 REFERENCES = {
     "steer_apply": Backend("torch-reference", steer_apply_reference),
-    "probe_score": Backend("torch-reference", probe_score_reference),
-    "exit_confidence": Backend("torch-reference", exit_confidence_reference),
     "score_jobs": Backend("torch-reference", score_jobs_reference),
 }
 _BACKENDS: dict[tuple[str, str], Backend] = {
@@ -45,16 +41,12 @@ _logged: set[tuple[str, str]] = set()
 
 def _register_triton() -> None:
     try:
-        from vsteer.kernels.exit_triton import exit_confidence_triton
         from vsteer.kernels.jobs_triton import score_jobs_triton
-        from vsteer.kernels.probe_triton import probe_score_triton
         from vsteer.kernels.steer_triton import steer_apply_triton
     except ImportError as e:  # no triton: CUDA falls back to the references
         log.info("vsteer: Triton kernels unavailable (%s)", e)
         return
     _BACKENDS[("steer_apply", "cuda")] = Backend("triton", steer_apply_triton)
-    _BACKENDS[("probe_score", "cuda")] = Backend("triton", probe_score_triton)
-    _BACKENDS[("exit_confidence", "cuda")] = Backend("triton", exit_confidence_triton)
     _BACKENDS[("score_jobs", "cuda")] = Backend("triton", score_jobs_triton)
 
 

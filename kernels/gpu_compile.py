@@ -2,7 +2,7 @@
 
 `launches(dtype, hidden_size)` lists what the wrappers in *_triton.py launch for one
 activation dtype and hidden size: every constexpr combination they can pass (taken from
-each wrapper's own launch_config / launch helper, so this cannot drift from a launch),
+each wrapper's own launch_config, so this cannot drift from a launch),
 with argument types as the wrapper passes them. `compile_launch(launch, cc)` runs
 Triton's compiler and its bundled ptxas for `GPUTarget("cuda", cc, 32)` and reads back
 registers per thread and spills from ptxas's report, shared memory from the metadata.
@@ -15,8 +15,8 @@ directory, so ptxas always runs and its report is always there.
 Arguments are specialized as a launch would specialize them: pointers 16-byte aligned
 (`tt.divisibility` 16, as torch allocations are), an int divisible by 16 likewise (the
 hidden size and row strides here), other ints plain i32. Representative values stand
-in for the data-dependent ints (layer 5 of 30; a 49152-entry vocabulary); a launch at
-layer 1, or at a layer divisible by 16, compiles a specialized variant not listed here.
+in for the data-dependent ints (layer 5 of 30); a launch at layer 1, or at a layer
+divisible by 16, compiles a specialized variant not listed here.
 """
 
 from __future__ import annotations
@@ -33,14 +33,13 @@ from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from vsteer.kernels import exit_triton, jobs_triton, probe_triton, steer_triton
-from vsteer.kernels.probe_reference import PER_TOKEN, POOL_LAST, POOL_MEAN
+from vsteer.kernels import jobs_triton, steer_triton
 from vsteer.wire import MAX_STEER_ENTRIES
 
 TARGETS = (80, 90)  # sm_80 (A100), sm_90 (H100: Triton targets sm_90a)
 DTYPES = ("fp16", "bf16", "fp32")  # activation dtypes; every wrapper accepts all three
 HIDDEN_SIZES = (576, 4096, 8192)
-LAYER, NUM_LAYERS, VOCAB = 5, 30, 49152  # representative data-dependent ints
+LAYER, NUM_LAYERS = 5, 30  # representative data-dependent ints
 # Largest shared memory one block may opt into (CUDA programming guide, compute
 # capabilities table): 163 KiB on sm_80, 227 KiB on sm_90.
 MAX_SHARED = {80: 163 * 1024, 90: 227 * 1024}
@@ -53,7 +52,7 @@ class Ptr(str):
 
 @dataclass(frozen=True)
 class Launch:
-    kernel: str  # short name for tables: steer, probe_token, ...
+    kernel: str  # short name for tables: steer, jobs
     fn: object  # the @triton.jit function
     args: tuple  # (name, Ptr | int | float) for each runtime argument, in order
     constexprs: tuple  # (name, value) pairs
@@ -62,7 +61,7 @@ class Launch:
     @property
     def label(self) -> str:
         flags = ",".join(f"{k}={v}" for k, v in self.constexprs
-                         if k in ("HAS_RESIDUAL", "LAST", "BLOCK_H", "BLOCK_T", "BLOCK_V"))
+                         if k in ("HAS_RESIDUAL", "BLOCK_H", "BLOCK_T"))
         return f"{self.kernel}[{flags},warps={self.num_warps}]"
 
     def signature(self) -> tuple[dict, dict]:
@@ -108,16 +107,6 @@ def launches(dtype: str, hidden_size: int) -> list[Launch]:
             row_scale_ptr=f32, row_op_ptr=i32, vectors_ptr=a, inv_ptr=f32, layer=LAYER,
             hidden_size=h, num_layers=NUM_LAYERS, stride_hidden=h, stride_residual=h),
             steer_triton.launch_config(h, MAX_STEER_ENTRIES, res)))
-        for pooling in (POOL_MEAN, POOL_LAST, PER_TOKEN):
-            fn, cfg = probe_triton.launch(h, res, pooling)
-            args = dict(hidden_ptr=a, residual_ptr=a, cu_ptr=i32, weight_ptr=f32,
-                        out_ptr=f32, bias=0.5, hidden_size=h, stride_hidden=h,
-                        stride_residual=h)
-            if pooling == PER_TOKEN:
-                del args["cu_ptr"]
-            name = {POOL_MEAN: "probe_mean", POOL_LAST: "probe_last",
-                    PER_TOKEN: "probe_token"}[pooling]
-            out.append(_launch(name, fn, args, cfg))
         out.append(_launch("jobs", jobs_triton._score_jobs_kernel, dict(
             hidden_ptr=a, residual_ptr=a, jobs_i_ptr=i32, jobs_f_ptr=f32, coeff_ptr=f32,
             layer_index_ptr=i32, weights_ptr=f32, acc_ptr=f32, vectors_ptr=a,
@@ -125,13 +114,6 @@ def launches(dtype: str, hidden_size: int) -> list[Launch]:
             layer=LAYER, hidden_size=h, num_layers=NUM_LAYERS, stride_hidden=h,
             stride_residual=h), jobs_triton.launch_config(h, res)))
     return out
-
-
-def exit_launches(dtype: str) -> list[Launch]:
-    """exit_confidence reads logits [T, V]; the hidden size plays no part."""
-    return [_launch("exit", exit_triton._exit_confidence_kernel, dict(
-        logits_ptr=Ptr(dtype), out_ptr=Ptr("fp32"), vocab=VOCAB, stride=VOCAB),
-        exit_triton.launch_config())]
 
 
 @dataclass(frozen=True)
@@ -152,7 +134,7 @@ _REGS = re.compile(r"Used (\d+) registers")
 @functools.cache
 def compile_launch(launch: Launch, cc: int) -> Compiled:
     """One compile per (launch, target): launches with identical signatures and
-    constexprs (e.g. exit_confidence at every hidden size) share it."""
+    constexprs share it."""
     sig, attrs = launch.signature()
     src = ASTSource(launch.fn, sig, constexprs=dict(launch.constexprs), attrs=attrs)
     log = io.StringIO()

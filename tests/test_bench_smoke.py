@@ -16,8 +16,7 @@ def _run(*args: str) -> str:
 
 def test_kernels_benchmark_runs():
     text = _run(str(BENCH / "kernels.py"), "--quick", "--device", "cpu")
-    for op in ("steer_apply add", "probe_score per token", "exit_confidence"):
-        assert f"| {op} |" in text
+    assert "| steer_apply add |" in text
     assert text.count("| score_jobs, table of") == 2  # with and without jobs at the layer
 
 

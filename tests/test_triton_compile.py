@@ -3,10 +3,8 @@
 The interpreter (tests/triton_interp) accepts code the compiler rejects, e.g. a plain
 module-level int read inside @triton.jit; this runs Triton's front end and its bundled
 ptxas for sm_80 and sm_90 (kernels/gpu_compile.py) over what the wrappers launch:
-    steer, probe (mean / last / per token), jobs: {fp16, bf16, fp32} x hidden
-        {576, 4096, 8192} x HAS_RESIDUAL {True, False}, BLOCK_* and num_warps from the
-        wrapper's own launch_config / launch helper;
-    exit: {fp16, bf16, fp32} logits (its launch does not depend on the hidden size).
+    steer, jobs: {fp16, bf16, fp32} x hidden {576, 4096, 8192} x HAS_RESIDUAL
+        {True, False}, BLOCK_* and num_warps from the wrapper's own launch_config.
 Each (launch, target) compiles once per session. Registers and spills are compiler
 outputs read from ptxas's report; they are checked to be reported and to let a block
 launch, not against a number (bench/triton_compile.py prints them).
@@ -34,7 +32,6 @@ from vsteer.kernels.gpu_compile import (  # noqa: E402  (after the skips)
     REGISTER_FILE,
     TARGETS,
     compile_launch,
-    exit_launches,
     launches,
 )
 
@@ -43,8 +40,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION is unse
 CASES = [pytest.param(launch, cc, id=f"sm{cc}-{dtype}-h{hidden}-{launch.label}")
          for cc in TARGETS for dtype in DTYPES for hidden in HIDDEN_SIZES
          for launch in launches(dtype, hidden)]
-CASES += [pytest.param(launch, cc, id=f"sm{cc}-{dtype}-{launch.label}")
-          for cc in TARGETS for dtype in DTYPES for launch in exit_launches(dtype)]
 
 
 @pytest.mark.parametrize("launch,cc", CASES)
@@ -68,9 +63,9 @@ def test_every_kernel_is_covered():
     grid above; every other one is a device function a covered kernel calls."""
     import triton
 
-    from vsteer.kernels import exit_triton, jobs_triton, probe_triton, steer_triton
+    from vsteer.kernels import jobs_triton, steer_triton
 
-    defined = {fn for m in (steer_triton, probe_triton, exit_triton, jobs_triton)
+    defined = {fn for m in (steer_triton, jobs_triton)
                for fn in vars(m).values() if isinstance(fn, triton.runtime.JITFunction)}
     kernels = {fn for fn in defined if fn.__name__.endswith("_kernel")}
     covered = {p.values[0].fn for p in CASES}

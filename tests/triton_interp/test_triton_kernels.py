@@ -4,8 +4,6 @@ Tolerances, per dtype of the tensor the kernel writes (both sides compute in fp3
 round once, so they differ by reduction order and at most a rounding step):
     steer_apply:      fp32 rtol 1e-5; fp16 / bf16: 2 ulps of the dtype at the row's
                       largest magnitude.
-    probe_score:      fp32 outputs, atol 1e-5 (sigmoid of fp32 sums).
-    exit_confidence:  fp32 outputs, atol 1e-5 (1e-4 for entropy over 50k-entry vocabularies).
     score_jobs:       scores atol 1e-5; fp32 accumulators rtol 1e-5 / atol 1e-3 (sums
                       of up to 4096 rows); forced slot rows as steer_apply.
 """
@@ -15,19 +13,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vsteer.kernels.exit_reference import exit_confidence_reference
-from vsteer.kernels.exit_triton import exit_confidence_triton
 from vsteer.kernels.jobs_reference import (
     KIND_COS,
     KIND_SIGMOID,
+    POOL_LAST,
+    POOL_MEAN,
     build_layer_index,
     score_jobs_reference,
 )
-from vsteer.kernels.jobs_reference import POOL_LAST as POOL_LAST_J
-from vsteer.kernels.jobs_reference import POOL_MEAN as POOL_MEAN_J
 from vsteer.kernels.jobs_triton import score_jobs_triton
-from vsteer.kernels.probe_reference import PER_TOKEN, POOL_LAST, POOL_MEAN, probe_score_reference
-from vsteer.kernels.probe_triton import probe_score_triton
 from vsteer.kernels.steer_reference import (
     OP_ABLATE,
     OP_ADD,
@@ -87,51 +81,6 @@ def test_steer_apply(dtype, tokens, hidden, residual):
         assert torch.equal(got[untouched], h[untouched])  # -1 rows: bit for bit
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("pooling", [POOL_MEAN, POOL_LAST, PER_TOKEN],
-                         ids=["mean", "last", "per_token"])
-@pytest.mark.parametrize("lengths,hidden", [([1], 64), ([3, 1, 17], 576), ([300, 5], 1000),
-                                            ([4096], 64), ([2, 9], 8192)])
-def test_probe_score(dtype, pooling, lengths, hidden):
-    g = torch.Generator().manual_seed(sum(lengths) + hidden)
-    tokens = sum(lengths)
-    h = torch.randn(tokens, hidden, generator=g).to(dtype)
-    r = torch.randn(tokens, hidden, generator=g).to(dtype)
-    w = (torch.randn(hidden, generator=g) / hidden**0.5).to(dtype)
-    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
-    n = tokens if pooling == PER_TOKEN else len(lengths)
-    ref, got = torch.zeros(n), torch.zeros(n)
-    probe_score_reference(h, r, cu, w, -0.2, pooling, ref)
-    probe_score_triton(h, r, cu, w, -0.2, pooling, got)
-    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("tokens,vocab", [(1, 10), (4, 1000), (3, 4097), (2, 49152),
-                                          (257, 512)])
-def test_exit_confidence(dtype, tokens, vocab):
-    g = torch.Generator().manual_seed(tokens + vocab)
-    z = (torch.randn(tokens, vocab, generator=g) * 4).to(dtype)
-    z[0, vocab // 3] = 40.0  # one very confident token
-    if tokens > 2:
-        z[1] = 0.0  # uniform: margin 0, entropy log V
-        z[2, vocab // 2 :] = float("-inf")  # masked vocabulary entries
-    ref, got = torch.zeros(tokens, 3), torch.zeros(tokens, 3)
-    exit_confidence_reference(z, ref)
-    exit_confidence_triton(z, got)
-    torch.testing.assert_close(got[:, :2], ref[:, :2], rtol=0, atol=1e-5)
-    torch.testing.assert_close(got[:, 2], ref[:, 2], rtol=0, atol=1e-4)
-
-
-def test_exit_confidence_on_a_strided_view():
-    z = torch.randn(6, 300)
-    view = z[:, :257]  # row stride 300 != vocab 257
-    ref, got = torch.zeros(6, 3), torch.zeros(6, 3)
-    exit_confidence_reference(view, ref)
-    exit_confidence_triton(view, got)
-    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
-
-
 def _job_tables(tokens: int, hidden: int, layers: int, g: torch.Generator):
     """Jobs of every kind at layer 1 (guards that fire and that do not, mean chunks that
     start, continue and finish, a one-chunk mean, per-token scores), one at layer 2,
@@ -139,14 +88,14 @@ def _job_tables(tokens: int, hidden: int, layers: int, g: torch.Generator):
     t1 = max(tokens - 1, 0)
     half = max(tokens // 2, 1)
     rows = [  # layer, start, end, kind, pool, weight, acc, first, final, src, dst
-        [1, t1, t1 + 1, KIND_COS, POOL_LAST_J, 0, -1, 1, 1, 1, 3],  # fires: force
-        [1, 0, 1, KIND_COS, POOL_LAST_J, 1, -1, 1, 1, 2, 4],  # never fires
-        [1, 0, half, KIND_SIGMOID, POOL_MEAN_J, 2, 0, 1, 0, -1, -1],  # first chunk
-        [1, half - 1, tokens, KIND_SIGMOID, POOL_MEAN_J, 2, 1, 0, 1, 2, 5],  # last chunk
-        [1, 0, tokens, KIND_SIGMOID, POOL_MEAN_J, 1, -1, 1, 1, -1, -1],  # one chunk
-        [1, t1, t1 + 1, KIND_SIGMOID, POOL_LAST_J, 0, -1, 1, 1, -1, -1],  # per token
-        [2, 0, tokens, KIND_SIGMOID, POOL_MEAN_J, 0, 2, 1, 1, 1, 6],  # other layer
-        [-1, 0, tokens, KIND_COS, POOL_LAST_J, 0, 3, 1, 1, 1, 6],  # inactive
+        [1, t1, t1 + 1, KIND_COS, POOL_LAST, 0, -1, 1, 1, 1, 3],  # fires: force
+        [1, 0, 1, KIND_COS, POOL_LAST, 1, -1, 1, 1, 2, 4],  # never fires
+        [1, 0, half, KIND_SIGMOID, POOL_MEAN, 2, 0, 1, 0, -1, -1],  # first chunk
+        [1, half - 1, tokens, KIND_SIGMOID, POOL_MEAN, 2, 1, 0, 1, 2, 5],  # last chunk
+        [1, 0, tokens, KIND_SIGMOID, POOL_MEAN, 1, -1, 1, 1, -1, -1],  # one chunk
+        [1, t1, t1 + 1, KIND_SIGMOID, POOL_LAST, 0, -1, 1, 1, -1, -1],  # per token
+        [2, 0, tokens, KIND_SIGMOID, POOL_MEAN, 0, 2, 1, 1, 1, 6],  # other layer
+        [-1, 0, tokens, KIND_COS, POOL_LAST, 0, 3, 1, 1, 1, 6],  # inactive
     ]
     jobs_i = torch.tensor(rows, dtype=torch.int32)
     jobs_f = torch.tensor([  # bias, threshold, count
@@ -206,7 +155,7 @@ def test_score_jobs_shares_a_layers_jobs_among_a_fixed_grid(capacity, at_layer):
     layer_of = [1 if j % 3 != 2 else 2 for j in range(capacity)]  # 2/3 of rows at layer 1
     here = [j for j in range(capacity) if layer_of[j] == 1][:at_layer]
     layer_of = [la if (la != 1 or j in here) else 0 for j, la in enumerate(layer_of)]
-    rows = [[la, j % tokens, j % tokens + 1, KIND_SIGMOID, POOL_LAST_J, j % 2, -1, 1, 1, -1, -1]
+    rows = [[la, j % tokens, j % tokens + 1, KIND_SIGMOID, POOL_LAST, j % 2, -1, 1, 1, -1, -1]
             for j, la in enumerate(layer_of)]
     jobs_i = torch.tensor(rows, dtype=torch.int32)
     jobs_f = torch.tensor([[0.01 * j, 0.5, 1.0] for j in range(capacity)])
