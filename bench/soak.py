@@ -3,7 +3,9 @@
 Each client loops until the time is up: one streamed chat completion at a time, its
 control cycling through the mix (plain, steering ops and positions, several vectors,
 and whatever else `--controls` adds). A request counts as an error unless it returns
-200, streams tokens, ends with `data: [DONE]` and carries the `control` report.
+200, streams tokens, ends with `data: [DONE]` and carries a complete `control` report
+(every score, per-token record and exit record its control asked for, and no entry in
+`control.errors`); `incomplete_reports` counts those that lacked something.
 Resident memory of the server and its engine processes is sampled every second; the
 growth from the end of the warm-up to the end must stay within `--rss-bound-mb`.
 Afterwards the steering slots (worker and server side) and vLLM's running / waiting
@@ -55,9 +57,11 @@ async def one_request(client: httpx.AsyncClient, url: str, key: str, model: str,
     """(ok, why-not, content chunks) for one streamed chat completion."""
     body = {"model": model, "stream": True, "max_tokens": max_tokens, "temperature": 0.7,
             "messages": [{"role": "user", "content": "Tell me about the sea."}],
-            "control": control}
+            "control": control, "stream_options": {"include_usage": True}}
     chunks = 0
-    done = reported = False
+    done = False
+    report: dict[str, Any] | None = None
+    tokens = 0
     async with client.stream("POST", url + "/v1/chat/completions", json=body,
                              headers={"Authorization": f"Bearer {key}"}) as r:
         if r.status_code != 200:
@@ -70,11 +74,36 @@ async def one_request(client: httpx.AsyncClient, url: str, key: str, model: str,
                 done = True
                 break
             data = json.loads(payload)
-            reported |= "control" in data
+            if "control" in data and not data["choices"]:
+                report = data["control"]  # the final chunk's report
+                tokens = (data.get("usage") or {}).get("completion_tokens") or 0
             chunks += any((c.get("delta") or {}).get("content") for c in data["choices"])
-    if not (done and reported and chunks):
-        return False, f"stream incomplete: done={done} control={reported} chunks={chunks}", 0
+    if not (done and report is not None and chunks):
+        return False, (f"stream incomplete: done={done} control={report is not None} "
+                       f"chunks={chunks}"), 0
+    missing = incomplete(control, report, tokens)
+    if missing:
+        return False, f"incomplete control report: {missing}", chunks
     return True, "", chunks
+
+
+def incomplete(asked: dict[str, Any], report: dict[str, Any], tokens: int) -> list[str]:
+    """What a reply's `control` report lacks of what its request asked for."""
+    out = [f"error {e.get('code')}: {e.get('message')}" for e in report.get("errors", [])]
+    ref = asked.get("refusal")
+    if ref and ref.get("mode", "guard") in ("guard", "controller") \
+            and (report.get("refusal") or {}).get("score") is None:
+        out.append("refusal score")
+    hal = asked.get("hallucination")
+    if hal:
+        rep = report.get("hallucination") or {}
+        if rep.get("score") is None:
+            out.append("hallucination score")
+        if hal.get("per_token") and len(rep.get("token_scores") or []) != tokens:
+            out.append(f"{len(rep.get('token_scores') or [])} of {tokens} token scores")
+    if asked.get("early_exit") and (report.get("early_exit") or {}).get("tokens") != tokens:
+        out.append("early-exit records")
+    return out
 
 
 async def client_loop(i: int, deadline: float, args, mix: list[dict], stats: dict) -> None:
@@ -93,6 +122,7 @@ async def client_loop(i: int, deadline: float, args, mix: list[dict], stats: dic
             stats["chunks"] += chunks
             if not ok:
                 stats["errors"] += 1
+                stats["incomplete_reports"] += why.startswith("incomplete control report")
                 if len(stats["error_examples"]) < 5:
                     stats["error_examples"].append({"control": control, "why": why})
 
@@ -141,7 +171,8 @@ async def wait_quiet(url: str, key: str, model: str, timeout: float = 60.0
 
 
 async def soak(args, mix: list[dict]) -> dict[str, Any]:
-    stats: dict[str, Any] = {"requests": 0, "chunks": 0, "errors": 0, "error_examples": []}
+    stats: dict[str, Any] = {"requests": 0, "chunks": 0, "errors": 0, "incomplete_reports": 0,
+                             "error_examples": []}
     start = time.monotonic()
     deadline = start + args.duration
     samples: list[tuple[float, float]] = []

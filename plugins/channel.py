@@ -19,10 +19,12 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from typing import Any
 
 import msgspec
+
+from vsteer.plugins.result_book import Expect, ResultBook
+from vsteer.plugins.step_report import STEP
 
 ENV_ADDRESS = "VSTEER_CHANNEL"
 ENV_KEY = "VSTEER_CHANNEL_KEY"
@@ -76,7 +78,7 @@ def node_ip() -> str:
 class ChannelListener:
     """PULLs worker messages on a background thread and keeps what the server needs."""
 
-    def __init__(self, address: str, max_errors: int = 10000,
+    def __init__(self, address: str, max_requests: int = 10000,
                  advertise_host: str | None = None) -> None:
         """`address`: where to bind (new_channel_address). `self.address` is what workers
         connect to; `self.key` what their messages must carry (export both to them)."""
@@ -93,13 +95,8 @@ class ChannelListener:
         self._decode = msgspec.msgpack.Decoder().decode
         self.stats: dict[int, dict[str, Any]] = {}  # rank -> latest stats
         self.hello: dict[int, dict[str, Any]] = {}
-        self.errors: OrderedDict[str, list[str]] = OrderedDict()
         self.captures: dict[str, dict[str, Any]] = {}
-        self.decisions: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self.probes: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self.token_scores: OrderedDict[str, list[float]] = OrderedDict()
-        self.exit_tokens: OrderedDict[str, list[list[int]]] = OrderedDict()  # [layer, agree]
-        self._max_errors = max_errors
+        self.book = ResultBook(max_requests)  # per-request results, from step messages
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._cond = threading.Condition()
@@ -138,41 +135,18 @@ class ChannelListener:
             self.rejected += 1
             return
         kind = msg.get("type")
+        if kind == STEP:
+            self.book.add_step(msg)  # the book wakes its own waiters
+            return
         with self._cond:
             if kind == "stats":
                 self.stats[int(msg.get("rank", 0))] = msg
             elif kind == "hello":
                 self.hello[int(msg.get("rank", 0))] = msg
                 self._ready.set()
-            elif kind == "error":
-                self.errors.setdefault(msg["rid"], []).append(msg["message"])
-                while len(self.errors) > self._max_errors:
-                    self.errors.popitem(last=False)
             elif kind == "capture":
                 self.captures[msg["rid"]] = msg
-            elif kind == "decision":
-                self._keep(self.decisions, msg["rid"], msg)
-            elif kind == "probe":
-                self._keep(self.probes, msg["rid"], msg)
-            elif kind == "token_scores":
-                self._extend(self.token_scores, msg["scores"])
-            elif kind == "exit_tokens":
-                self._extend(self.exit_tokens, msg["tokens"])
             self._cond.notify_all()
-
-    def _extend(self, table: OrderedDict, per_rid: dict[str, list[Any]]) -> None:
-        """Append this step's per-token records of each request."""
-        for rid, items in per_rid.items():
-            if rid in table:
-                table[rid].extend(items)
-            else:
-                self._keep(table, rid, list(items))
-
-    def _keep(self, table: OrderedDict, rid: str, value: Any) -> None:
-        """Results nobody collects (a client that left) age out, oldest first."""
-        table[rid] = value
-        while len(table) > self._max_errors:
-            table.popitem(last=False)
 
     def wait_ready(self, timeout: float) -> dict[str, Any]:
         if not self._ready.wait(timeout):
@@ -182,57 +156,37 @@ class ChannelListener:
             )
         return self.hello[min(self.hello)]
 
+    # Blocking reads for offline tools (the server awaits the book directly). Each
+    # returns as soon as the step message it needs has landed; `timeout` only bounds a
+    # worker that died.
     def pop_errors(self, rid: str) -> list[str]:
-        with self._cond:
-            return self.errors.pop(rid, [])
+        """The error messages of `rid` so far (its first choice), removed."""
+        res = self.book.peek(rid)
+        out, res.errors = [e["message"] for e in res.errors], []
+        return out
 
     def wait_decision(self, rid: str, timeout: float) -> dict[str, Any] | None:
-        """The in-prefill refusal decision of request `rid` (None if none arrives in
-        time). The worker sends it right after the prefill step, before the reply can be
-        complete, so a wait here is rare and short."""
-        return self._wait_pop(self.decisions, rid, timeout)
+        """The in-prefill refusal decision of request `rid` (None: none was made)."""
+        return self.book.wait(rid, Expect(decision=True), timeout).decision
 
     def wait_probe(self, rid: str, timeout: float) -> dict[str, Any] | None:
         """The in-prefill hallucination-probe result of request `rid` (or None)."""
-        return self._wait_pop(self.probes, rid, timeout)
-
-    def _wait_pop(self, table: OrderedDict, rid: str, timeout: float) -> Any:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while rid not in table:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._cond.wait(left)
-            return table.pop(rid)
+        return self.book.wait(rid, Expect(probe=True), timeout).probe
 
     def wait_token_scores(self, rid: str, count: int, timeout: float) -> list[float]:
-        """The first `count` per-token scores of `rid` (fewer if they do not arrive in
-        time); they stay for the next call, until `pop_token_scores`."""
-        return self._wait_count(self.token_scores, rid, count, timeout)
+        """The first `count` per-token scores of `rid` (kept until `pop_token_scores`)."""
+        return list(self.book.wait(rid, Expect(tokens=count), timeout).token_scores[:count])
 
     def pop_token_scores(self, rid: str) -> list[float]:
-        with self._cond:
-            return self.token_scores.pop(rid, [])
-
-    def wait_exit_tokens(self, rid: str, count: int, timeout: float) -> list[list[int]]:
-        """The [exit layer, agreement] records of `rid`'s first `count` tokens (fewer if
-        they do not arrive in time), removed from the table."""
-        out = self._wait_count(self.exit_tokens, rid, count, timeout)
-        with self._cond:
-            self.exit_tokens.pop(rid, None)
+        res = self.book.peek(rid)
+        out, res.token_scores = res.token_scores, []
         return out
 
-    def _wait_count(self, table: OrderedDict, rid: str, count: int, timeout: float
-                    ) -> list[Any]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(table.get(rid, ())) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            return list(table.get(rid, ())[:count])
+    def wait_exit_tokens(self, rid: str, count: int, timeout: float) -> list[list[int]]:
+        """The [exit layer, agreement] records of `rid`'s first `count` tokens, removed."""
+        res = self.book.wait(rid, Expect(tokens=count), timeout)
+        out, res.exit = res.exit[:count], []
+        return out
 
     def wait_captures(self, rids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
         deadline = time.monotonic() + timeout

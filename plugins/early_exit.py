@@ -89,6 +89,7 @@ class ExitGroup:
     agree: list[int] = field(init=False)  # per row (observe)
     stash: dict[int, torch.Tensor] = field(default_factory=dict)  # row -> x at exit
     prev: torch.Tensor | None = None  # [n, H] stream at the previous layer
+    choices: list[int] = field(default_factory=list)  # per row: its reply's choice
 
     def __post_init__(self) -> None:
         self.exit_layer = [-1] * len(self.rids)

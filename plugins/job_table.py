@@ -135,14 +135,16 @@ class JobTable:
             self.layer_index.upload(self.num_layers + 1 + n)
         self.step[JOB_ROWS] = n
 
-    def finish(self, mailbox: ResultMailbox | None = None) -> None:
+    def finish(self, mailbox: ResultMailbox | None = None,
+               then: Callable[[], None] | None = None) -> None:
         """After the forward: the step's results posted to `mailbox` (read off the step's
-        path once their copy lands), and the rows made inactive on the device (a device
-        write: the host rows may still be in flight to it), so warm-up and dummy runs
-        between steps run no job. Nothing is read back here."""
+        path once their copy lands; `then` runs after their callbacks), and the rows made
+        inactive on the device (a device write: the host rows may still be in flight to
+        it), so warm-up and dummy runs between steps run no job. Nothing is read back
+        here."""
         n = self.num_jobs
         if mailbox is not None:
-            mailbox.post(self.out, self._on_result)
+            mailbox.post(self.out, self._on_result, then)
         if n:
             self.jobs_i.device[:n, LAYER] = -1
             self.layer_index.device[: self.num_layers + 1] = 0  # no job at any layer

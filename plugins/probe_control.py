@@ -70,21 +70,22 @@ def load_probe_run(w: WireProbe, device: torch.device) -> ProbeRun:
     return ProbeRun(w, *_load_probe(w.path, w.sha256, str(device)))
 
 
-def table_job(run: ProbeRun, a: int, b: int, final: bool) -> dict | None:
+def table_job(run: ProbeRun, a: int, b: int, final: bool, restart: bool = False
+              ) -> tuple[dict | None, int]:
     """Linear probe: the job-table row (`JobTable.add` keywords) for prompt rows a..b of
-    this step, or None when last-token pooling needs nothing from this chunk."""
+    this step (None when last-token pooling needs nothing from this chunk), and the
+    prompt tokens pooled once it has run. `restart`: the chunk starts at the prompt's
+    first token (again, after a preemption's recompute). Pure: the caller stores it."""
     p = run.probe
     mean = p.pooling == "mean"
+    before = 0 if restart else run.acc_n
+    acc_n = before + (b - a) if mean else before
     if not (final or mean):
-        return None
-    first = run.acc_n == 0
-    if mean:
-        run.acc_n += b - a
-    run.done = final
+        return None, acc_n
     return dict(layer=p.layer, start=a if mean else b - 1, end=b, kind=KIND_SIGMOID,
                 weight_row=run.weight_row, pool=POOL_MEAN if mean else POOL_LAST,
                 bias=p.bias, threshold=run.wire.threshold, acc_row=run.acc_row,
-                first=first, final=final, count=max(run.acc_n, 1))
+                first=before == 0, final=final, count=max(acc_n, 1)), acc_n
 
 
 def mlp_prefill(run: ProbeRun, hidden: torch.Tensor, residual: torch.Tensor | None,

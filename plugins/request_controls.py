@@ -17,6 +17,7 @@ Entry = tuple[int, float, int]  # (slot, scale, op code)
 class RequestControls:
     spec: WireSpec
     num_prompt_tokens: int
+    choice: int = 0  # which of the reply's `n` choices this engine request is
     keys: list[str] = field(default_factory=list)  # slot keys this request pins
     prompt_entries: list[Entry] = field(default_factory=list)
     generated_entries: list[Entry] = field(default_factory=list)
@@ -26,6 +27,8 @@ class RequestControls:
     probe: ProbeRun | None = None  # hallucination probe, scored in prefill (and per token)
     exit: ExitRun | None = None  # early exit, at each row that samples a token
     errors: list[str] = field(default_factory=list)  # what could not be set up here
+    told_unscored: bool = False  # its report says some token scores are missing
+    plugins: dict[str, object] = field(default_factory=dict)  # installed control -> state
 
     def add_entry(self, key: str, slot: int, scale: float, op: str, positions: str) -> None:
         entry = (slot, scale, OP_CODES[op])

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from importlib import import_module, metadata
 from typing import Any
 
-import numpy as np
 import torch
+
+from vsteer.plugins.step_planner import StepView
 
 # -- version pin ------------------------------------------------------------------------
 
@@ -232,22 +233,28 @@ def patch_model_runner(
     base._vsteer_patched = True
 
 
-@dataclass(frozen=True)
-class StepView:
-    """The current step's batch, in token order."""
-
-    req_ids: list[str]  # worker-side ids, batch order
-    query_start: np.ndarray  # [R+1] token offsets of each request in this step
-    start_pos: np.ndarray  # [R] position of each request's first scheduled token
-
-
 def step_view(runner: Any) -> StepView:
+    """The current step's batch, in token order (plugins/step_planner.StepView)."""
     num_reqs = runner.input_batch.num_reqs
+    batch = runner.input_batch
     return StepView(
-        list(runner.input_batch.req_ids[:num_reqs]),
+        list(batch.req_ids[:num_reqs]),
         runner.query_start_loc.np[: num_reqs + 1],
-        runner.input_batch.num_computed_tokens_cpu[:num_reqs],
+        batch.num_computed_tokens_cpu[:num_reqs],
+        batch.num_tokens_no_spec[:num_reqs],  # prompt + output tokens so far
     )
+
+
+def choice_index(req_id: str, n: int) -> int:
+    """Which of a reply's `n` choices the engine request `req_id` is: vLLM runs them as
+    child requests named "<index>_<parent id>" (vllm/v1/engine/parallel_sampling.py)."""
+    if n <= 1:
+        return 0
+    head, sep, _ = req_id.partition("_")
+    if not sep or not head.isdigit():
+        raise RuntimeError(f"vsteer: child request id {req_id!r} is not '<index>_<parent>' "
+                           "(vLLM changed how it names the choices of n > 1)")
+    return int(head)
 
 
 def request_extra_args(runner: Any, req_id: str) -> tuple[dict | None, int]:
@@ -353,6 +360,13 @@ def openai_request_classes() -> tuple[type, type]:
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
     return ChatCompletionRequest, CompletionRequest
+
+
+def responses_request_class() -> type:
+    """vLLM's pydantic model of a Responses API request (POST /v1/responses)."""
+    from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
+
+    return ResponsesRequest
 
 
 def error_response_class() -> type:

@@ -20,7 +20,7 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
 else
   TARGET=cpu
 fi
-STAMP="$VENV/.vsteer-installed-$TARGET${EXTRAS:+-$EXTRAS}-$(sha1sum pyproject.toml scripts/install.sh | sha1sum | cut -c1-12)"
+STAMP="$VENV/.vsteer-installed-$TARGET${EXTRAS:+-$EXTRAS}-$(sha1sum pyproject.toml scripts/install.sh examples/projection-clamp/pyproject.toml | sha1sum | cut -c1-12)"
 if [ -f "$STAMP" ]; then
   exit 0
 fi
@@ -36,6 +36,10 @@ if [ "$TARGET" = cpu ]; then
 else
   pip install -q -e ".[gpu${EXTRAS:+,$EXTRAS}]"
 fi
-case ",$EXTRAS," in *,test,*) VENV="$VENV" bash scripts/fetch_helm.sh ;; esac
+case ",$EXTRAS," in *,test,*)
+  VENV="$VENV" bash scripts/fetch_helm.sh
+  # The example control, installed as an outside package would be (its own entry point).
+  pip install -q --no-build-isolation --no-deps -e examples/projection-clamp ;;
+esac
 rm -f "$VENV"/.vsteer-installed-*
 touch "$STAMP"

@@ -36,7 +36,7 @@ class SlotAdmission:
             return
         if len(fk) > self.capacity:
             raise APIError(400, f"request needs {len(fk)} steering slots; the server has "
-                           f"{self.capacity}", param="control.steer")
+                           f"{self.capacity}", param="control.steer", code="too_many_slots")
         if not self._waiters and self._fits(fk):
             self._refs.update(fk)
             return

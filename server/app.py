@@ -30,7 +30,12 @@ from vsteer.server.auth import Auth
 from vsteer.server.control_resolver import ControlResolver
 from vsteer.server.drain import Drain, DrainGate
 from vsteer.server.errors import APIError, error_response
-from vsteer.server.openapi_bodies import ChatCompletionBody, CompletionBody, json_body
+from vsteer.server.openapi_bodies import (
+    ChatCompletionBody,
+    CompletionBody,
+    ResponsesBody,
+    json_body,
+)
 from vsteer.server.policy import PolicyFile
 from vsteer.server.rate_limit import RateLimit
 from vsteer.server.routes_vectors import router as vectors_router
@@ -122,7 +127,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         try:
             await request.app.state.vsteer.engine.check_health()
         except Exception as e:  # an unhealthy engine raises; report it, don't crash
-            return error_response(503, f"engine unhealthy: {e}")
+            return error_response(503, f"engine unhealthy: {e}", code="engine_unhealthy")
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics")
@@ -145,6 +150,26 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         who = request.app.state.vsteer.auth.check(request)
         return await request.app.state.vsteer.serving.completion(request, who)
 
+    @app.post("/v1/responses", openapi_extra=json_body(ResponsesBody))
+    async def responses(request: Request) -> Response:
+        who = request.app.state.vsteer.auth.check(request)
+        return await request.app.state.vsteer.serving.responses(request, who)
+
+    @app.get("/v1/vsteer/trace/{request_id}")
+    async def trace(request: Request, request_id: str) -> Response:
+        """Operator: the engine steps each choice of a controlled reply ran in (by the
+        `control.request_id` its response carried), from the workers' step reports."""
+        who = request.app.state.vsteer.auth.check(request)
+        if not who.admin:
+            raise APIError(403, "the step trace needs the admin key", code="operator_only")
+        steps = request.app.state.vsteer.serving.listener.book.trace(request_id)
+        if steps is None:
+            raise APIError(404, f"no trace of request {request_id!r} (unknown, or aged out)",
+                           param="request_id", code="unknown_request")
+        return JSONResponse({"request_id": request_id, "choices": [
+            {"index": c, "steps": [st for st, _ in s], "batch": [b for _, b in s]}
+            for c, s in steps.items()]})
+
     app.include_router(vectors_router)
     return app
 
@@ -156,7 +181,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
-        return error_response(400, str(exc.errors()[0].get("msg", "invalid request")))
+        return error_response(400, str(exc.errors()[0].get("msg", "invalid request")),
+                              code="invalid_value")
 
 
 def _version() -> str:

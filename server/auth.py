@@ -108,7 +108,7 @@ class Auth:
         who = self._identify(request)
         if self.admin_key is None:
             raise APIError(403, "artifact writes are disabled: the server has API keys but "
-                           "no --admin-key")
+                           "no --admin-key", code="operator_only")
         if not who.admin:
-            raise APIError(403, "artifact writes need the admin key")
+            raise APIError(403, "artifact writes need the admin key", code="operator_only")
         return who

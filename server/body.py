@@ -15,7 +15,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024  # JSON API bodies
 
 
 async def read_body(raw: Request, limit: int) -> bytes:
-    too_big = APIError(413, f"request body is larger than {limit} bytes")
+    too_big = APIError(413, f"request body is larger than {limit} bytes", code="body_too_large")
     declared = raw.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_big
@@ -34,7 +34,8 @@ async def read_json_object(raw: Request, limit: int = MAX_BODY_BYTES) -> dict[st
     try:
         data = json.loads(body)
     except ValueError as e:
-        raise APIError(400, f"request body is not valid JSON: {e}") from None
+        raise APIError(400, f"request body is not valid JSON: {e}",
+                       code="invalid_json") from None
     if not isinstance(data, dict):
-        raise APIError(400, "request body must be a JSON object")
+        raise APIError(400, "request body must be a JSON object", code="invalid_json")
     return data

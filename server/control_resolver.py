@@ -5,13 +5,17 @@ before anything reaches the engine."""
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
 
 from vsteer.artifacts import ArtifactStore, ModelFingerprint
+from vsteer.plugins.api import Control, ResolveContext, StoredVector
+from vsteer.plugins.control_registry import installed_controls
 from vsteer.server.auth import OPERATOR, Principal
 from vsteer.server.control_protocol import ControlSpec
 from vsteer.server.dose_resolver import scale_for_kl
@@ -31,7 +35,7 @@ class ResolvedControl:
     def active(self) -> bool:
         w = self.wire
         return (bool(w.steer) or w.decide is not None or w.probe is not None
-                or w.early_exit is not None)
+                or w.early_exit is not None or bool(w.plugins))
 
     @property
     def slot_keys(self) -> set[str]:
@@ -57,13 +61,15 @@ class ResolvedControl:
         mean_probe = w.probe is not None and self.applied["hallucination"]["pooling"] == "mean"
         exits = w.early_exit is not None and w.early_exit.mode == "exit"
         body = encode(WireSpec(rid=w.rid if mean_probe or exits else "", steer=w.steer,
-                               decide=w.decide, probe=w.probe)).encode()
+                               decide=w.decide, probe=w.probe, plugins=w.plugins)).encode()
         return "vsteer-" + hashlib.sha256(body).hexdigest()[:32]
 
 
 class ControlResolver:
     def __init__(self, store: ArtifactStore, fingerprint: ModelFingerprint,
-                 max_abs_scale: float, layer_skip: bool = False) -> None:
+                 max_abs_scale: float, layer_skip: bool = False,
+                 controls: dict[str, Control] | None = None) -> None:
+        self.controls = installed_controls() if controls is None else controls
         self.store = store
         self.fingerprint = fingerprint
         self.max_abs_scale = max_abs_scale
@@ -73,15 +79,18 @@ class ControlResolver:
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
-            raise APIError(400, "control must be a JSON object", param="control")
+            raise APIError(400, "control must be a JSON object", param="control",
+                           code="invalid_value")
         raw = self._apply_tenant_defaults(raw, who)
+        own = {k: v for k, v in raw.items() if k in self.controls}
         try:
-            spec = ControlSpec.model_validate(raw)
+            spec = ControlSpec.model_validate({k: v for k, v in raw.items() if k not in own})
         except ValidationError as e:
             raise pydantic_errors_to_api_error(e, "control") from None
         bound = self.max_abs_scale
         if who.tenant is not None and who.tenant.policy.max_abs_scale is not None:
             bound = min(bound, who.tenant.policy.max_abs_scale)
+        plugins, plugin_applied = self._resolve_installed(own, who, bound)
         rid = uuid.uuid4().hex
         steer: list[WireSteer] = []
         applied: dict[str, Any] = {}
@@ -127,9 +136,36 @@ class ControlResolver:
         if used > MAX_STEER_ENTRIES:
             raise APIError(400, f"control uses more than {MAX_STEER_ENTRIES} steering entries "
                            "(steer entries, plus one for refusal, plus one for a mitigating "
-                           "probe)", param="control")
+                           "probe)", param="control", code="too_many_slots")
+        applied.update(plugin_applied)
         return ResolvedControl(WireSpec(rid=rid, steer=steer, decide=decide, probe=probe,
-                                        early_exit=early_exit), applied)
+                                        early_exit=early_exit, plugins=plugins), applied)
+
+    def _resolve_installed(self, raw: dict[str, Any], who: Principal, bound: float
+                           ) -> tuple[dict[str, str], dict[str, Any]]:
+        """The installed controls (plugins/api.py) the request names: their wire (JSON
+        text for the worker) and what each reports as applied."""
+        wires: dict[str, str] = {}
+        applied: dict[str, Any] = {}
+        for name, value in raw.items():
+            control = self.controls[name]
+            param = f"control.{name}"
+            try:
+                request = control.schema.model_validate(value)
+            except ValidationError as e:
+                raise pydantic_errors_to_api_error(e, param) from None
+            ctx = ResolveContext(self.fingerprint, param, bound,
+                                 partial(self._vector, who))
+            res = control.resolve(request, ctx)
+            wires[name] = json.dumps(res.wire)
+            applied[name] = res.applied
+        return wires, applied
+
+    def _vector(self, who: Principal, name: str, param: str) -> StoredVector:
+        stored = load_artifact(self.store, self.fingerprint, "vector", name, param, who)
+        v = stored.value
+        return StoredVector(name, str(stored.path), stored.sha256, list(v.layers),
+                            dict(v.directions))
 
     @staticmethod
     def _apply_tenant_defaults(raw: dict[str, Any], who: Principal) -> dict[str, Any]:
@@ -154,10 +190,12 @@ class ControlResolver:
         for la in requested:
             if not 0 <= la < n:
                 raise APIError(400, f"{param}.layers: layer {la} is out of range (model has "
-                               f"{n} layers, 0..{n - 1})", param=f"{param}.layers")
+                               f"{n} layers, 0..{n - 1})", param=f"{param}.layers",
+                               code="layer_out_of_range")
             if la not in own:
                 raise APIError(400, f"{param}.layers: vector {name!r} has no direction at "
-                               f"layer {la} (it has {own})", param=f"{param}.layers")
+                               f"layer {la} (it has {own})", param=f"{param}.layers",
+                               code="layer_not_in_artifact")
         return sorted(set(requested))
 
 

@@ -29,10 +29,27 @@ def error_response(status: int, message: str, param: str | None = None,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def json_path(parts) -> str:
+    """One syntax for `param`: fields joined by dots, list indexes in brackets
+    (`control.steer[0].scale`)."""
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += f".{p}" if out else str(p)
+    return out
+
+
+_PYDANTIC_CODES = {"missing": "missing_field", "extra_forbidden": "unknown_field"}
+
+
 def pydantic_errors_to_api_error(exc, prefix: str = "") -> APIError:
     """The first pydantic validation error as a 400 naming the offending field."""
     first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-    param = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or None)
+    loc = json_path([p for p in first.get("loc", ()) if p != "body"])
+    param = (f"{prefix}{'' if loc.startswith('[') else '.'}{loc}" if prefix and loc
+             else (prefix or loc or None))
+    code = _PYDANTIC_CODES.get(first.get("type", ""), "invalid_value")
     return APIError(400, f"{param}: {first.get('msg', 'invalid value')}" if param
-                    else first.get("msg", "invalid request"), param=param)
+                    else first.get("msg", "invalid request"), param=param, code=code)

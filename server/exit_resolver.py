@@ -10,7 +10,7 @@ from vsteer.artifacts import ArtifactError, ArtifactStore, ModelFingerprint
 from vsteer.server.auth import Principal
 from vsteer.server.control_protocol import EarlyExitControl
 from vsteer.server.errors import APIError
-from vsteer.server.refusal_resolver import load_artifact
+from vsteer.server.refusal_resolver import check_applicable, load_artifact
 from vsteer.wire import WireExit
 
 P = "control.early_exit"
@@ -22,20 +22,25 @@ class ResolvedExit:
     applied: dict[str, Any]
 
 
+APPLIES = {"off": set(), "observe": {"predictor", "threshold", "target_agreement"},
+           "exit": {"predictor", "threshold", "target_agreement"}}
+
+
 def resolve_early_exit(e: EarlyExitControl, store: ArtifactStore, fp: ModelFingerprint,
                        who: Principal, layer_skip: bool) -> ResolvedExit:
+    check_applicable(e.model_fields_set, e.mode, APPLIES, P)
     if e.mode == "off":
         return ResolvedExit(None, {"mode": "off"})
     if e.predictor is None:
         raise APIError(400, f"{P}.predictor is required (an exit predictor artifact from "
-                       "`vsteer exit train`)", param=f"{P}.predictor")
+                       "`vsteer exit train`)", param=f"{P}.predictor", code="missing_field")
     if e.threshold is not None and e.target_agreement is not None:
         raise APIError(400, f"give {P}.threshold or {P}.target_agreement, not both",
-                       param=f"{P}.threshold")
+                       param=f"{P}.threshold", code="conflicting_fields")
     if e.mode == "exit" and not layer_skip:
         raise APIError(400, f"{P}.mode 'exit' skips layers, which needs the server started "
                        "with --enforce-eager (and a model whose K/V vsteer can fill); "
-                       "'observe' works in every mode", param=f"{P}.mode")
+                       "'observe' works in every mode", param=f"{P}.mode", code="not_supported")
     stored = load_artifact(store, fp, "exit", e.predictor, f"{P}.predictor", who)
     pred = stored.value
     applied: dict[str, Any] = {"mode": e.mode, "predictor": e.predictor,
@@ -48,8 +53,8 @@ def resolve_early_exit(e: EarlyExitControl, store: ArtifactStore, fp: ModelFinge
         try:
             thresholds = pred.thresholds_for(target)
         except ArtifactError as err:
-            raise APIError(400, f"{P}.target_agreement: {err}",
-                           param=f"{P}.target_agreement") from None
+            raise APIError(400, f"{P}.target_agreement: {err}", param=f"{P}.target_agreement",
+                           code="target_agreement_unattainable") from None
         applied["target_agreement"] = target
     wire = WireExit(path=str(stored.path), sha256=stored.sha256, mode=e.mode,
                     thresholds=thresholds)

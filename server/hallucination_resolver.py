@@ -32,9 +32,11 @@ def resolve_hallucination(h: HallucinationControl, rid: str, store: ArtifactStor
     p = stored.value
     if h.per_token and not p.has_token_probe:
         raise APIError(400, f"probe {h.probe!r} has no per-token probe (retrain it with "
-                       "`vsteer probe train`)", param=f"{P}.per_token")
+                       "`vsteer probe train`)", param=f"{P}.per_token",
+                       code="field_not_applicable")
     if h.scale is not None and h.action != "mitigate":
-        raise APIError(400, f"{P}.scale only applies to action 'mitigate'", param=f"{P}.scale")
+        raise APIError(400, f"{P}.scale only applies to action 'mitigate'", param=f"{P}.scale",
+                       code="field_not_applicable")
     scale = check_scale(1.0 if h.scale is None else h.scale, max_abs_scale, f"{P}.scale")
     threshold = p.threshold if h.threshold is None else h.threshold
     risk = _risk_threshold(h, p) if h.max_error is not None else None
@@ -46,7 +48,7 @@ def resolve_hallucination(h: HallucinationControl, rid: str, store: ArtifactStor
         layers = list(p.mitigate_layers)
         if not layers:
             raise APIError(400, f"probe {h.probe!r} has no layer after its probe layer to "
-                           "mitigate at", param=f"{P}.action")
+                           "mitigate at", param=f"{P}.action", code="field_not_applicable")
         source = slot_key(f"{h.probe}#truth", stored.sha256, layers)
         target = f"probe:{rid}"
     wire = WireProbe(path=str(stored.path), sha256=stored.sha256, action=h.action,

@@ -42,6 +42,20 @@ class CompletionBody(_Sampling):
     prompt: str
 
 
+class ResponsesBody(BaseModel):
+    """POST /v1/responses (the OpenAI Responses API as vLLM serves it)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    stream: bool = False
+    control: ControlSpec | None = None
+
+
 def _inline(schema: dict[str, Any]) -> dict[str, Any]:
     """The model's JSON schema with its `$defs` references inlined (no recursion here)."""
     defs = schema.pop("$defs", {})

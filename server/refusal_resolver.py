@@ -41,7 +41,8 @@ def load_artifact(store: ArtifactStore, fp: ModelFingerprint, kind: str, name: s
         raise APIError(400, f"unknown {label} {name!r}", param=param,
                        code=f"unknown_{kind}") from None
     except ArtifactError as e:
-        raise APIError(400, f"{label} {name!r} is unusable: {e}", param=param) from None
+        raise APIError(400, f"{label} {name!r} is unusable: {e}", param=param,
+                       code="artifact_invalid") from None
     if (why := stored.value.fingerprint.mismatch(fp)) is not None:
         raise APIError(400, f"{label} {name!r} was {why}", param=param, code="wrong_model")
     return stored
@@ -49,33 +50,51 @@ def load_artifact(store: ArtifactStore, fp: ModelFingerprint, kind: str, name: s
 
 def check_scale(value: float, bound: float, param: str) -> float:
     if not math.isfinite(value) or abs(value) > bound:
-        raise APIError(400, f"{param} must be finite and within ±{bound:g}", param=param)
+        raise APIError(400, f"{param} must be finite and within ±{bound:g}", param=param,
+                       code="scale_out_of_range")
     return value
+
+
+# The fields each mode reads; any other field given with the mode is a 400, not ignored.
+APPLIES = {"off": set(), "guard": {"direction", "scale", "threshold"},
+           "force": {"direction", "scale", "layers"}, "ablate": {"direction"},
+           "controller": {"controller", "direction", "threshold"}}
+
+
+def check_applicable(given: set[str], mode: str, applies: dict[str, set[str]],
+                     prefix: str) -> None:
+    """A field that the chosen `mode` does not read is a 400 `field_not_applicable`."""
+    extra = sorted(given - {"mode"} - applies[mode])
+    if extra:
+        takes = ", ".join(sorted(applies[mode])) or "no other field"
+        raise APIError(400, f"{prefix}.{extra[0]} does not apply to mode {mode!r} (it takes "
+                       f"{takes})", param=f"{prefix}.{extra[0]}", code="field_not_applicable")
 
 
 def resolve_refusal(r: RefusalControl, rid: str, store: ArtifactStore, fp: ModelFingerprint,
                     who: Principal, max_abs_scale: float) -> ResolvedRefusal:
+    check_applicable(r.model_fields_set, r.mode, APPLIES, P)
     out = ResolvedRefusal(applied={"mode": r.mode})
     if r.mode == "off":
         return out
     if r.mode == "ablate" and not (who.admin or (who.tenant and who.tenant.policy.allow_ablate)):
         raise APIError(403, "refusal mode 'ablate' is operator-only (a policy may allow it "
-                       "per tenant with allow_ablate)", param=f"{P}.mode")
+                       "per tenant with allow_ablate)", param=f"{P}.mode", code="operator_only")
     direction_name = r.direction
     ctrl = None
     if r.mode == "controller":
         if r.controller is None:
             raise APIError(400, f"{P}.controller is required for mode 'controller'",
-                           param=f"{P}.controller")
+                           param=f"{P}.controller", code="missing_field")
         ctrl = load_artifact(store, fp, "controller", r.controller, f"{P}.controller", who)
         direction_name = direction_name or ctrl.value.direction
         if direction_name != ctrl.value.direction:
             raise APIError(400, f"controller {r.controller!r} was trained with direction "
                            f"{ctrl.value.direction!r}, not {direction_name!r}",
-                           param=f"{P}.direction")
+                           param=f"{P}.direction", code="artifact_mismatch")
     if direction_name is None:
         raise APIError(400, f"{P}.direction is required for mode {r.mode!r}",
-                       param=f"{P}.direction")
+                       param=f"{P}.direction", code="missing_field")
     stored = load_artifact(store, fp, "direction", direction_name, f"{P}.direction", who)
     d = stored.value
     scale = check_scale(1.0 if r.scale is None else r.scale, max_abs_scale, f"{P}.scale")
@@ -86,7 +105,7 @@ def resolve_refusal(r: RefusalControl, rid: str, store: ArtifactStore, fp: Model
         bad = [la for la in layers if not 0 <= la < fp.num_layers]
         if bad:
             raise APIError(400, f"{P}.layers: {bad} out of range (0..{fp.num_layers - 1})",
-                           param=f"{P}.layers")
+                           param=f"{P}.layers", code="layer_out_of_range")
         if scale != 0.0:
             out.steer.append(steer_entry(direction_name, stored.sha256, path, layers, scale,
                                          "add", "all", part="refusal"))
@@ -112,7 +131,8 @@ def resolve_refusal(r: RefusalControl, rid: str, store: ArtifactStore, fp: Model
         thr = c.threshold if r.threshold is None else r.threshold
         if c.direction_sha256 != stored.sha256:
             raise APIError(400, f"direction {direction_name!r} changed since controller "
-                           f"{r.controller!r} was trained; retrain it", param=f"{P}.controller")
+                           f"{r.controller!r} was trained; retrain it", param=f"{P}.controller",
+                           code="artifact_mismatch")
         force = list(range(c.input_layer + 1, fp.num_layers))
         out.decide = _decide("controller", c.input_layer, force, stored, path, thr, 1.0, rid,
                              ctrl)
@@ -124,7 +144,8 @@ def resolve_refusal(r: RefusalControl, rid: str, store: ArtifactStore, fp: Model
 def _decide(kind: str, layer: int, force: list[int], stored: Stored, path: str, thr: float,
             scale: float, rid: str, ctrl: Stored | None = None) -> WireDecide:
     if not math.isfinite(thr):
-        raise APIError(400, f"{P}.threshold must be finite", param=f"{P}.threshold")
+        raise APIError(400, f"{P}.threshold must be finite", param=f"{P}.threshold",
+                       code="invalid_value")
     return WireDecide(
         kind=kind, layer=layer, direction_path=path, direction_sha256=stored.sha256,
         force_layers=force, source_key=slot_key(f"{stored.name}#refusal", stored.sha256, force),

@@ -67,7 +67,7 @@ async def get_vector(name: str, request: Request) -> JSONResponse:
     ctx = _ctx(request)
     who = ctx.auth.check(request)
     if name not in visible_names(ctx.store, "vector", who, [name]):
-        raise APIError(404, f"no steering vector named {name!r}")
+        raise APIError(404, f"no steering vector named {name!r}", code="unknown_vector")
     s = _load(ctx, name)
     return JSONResponse(_info(name, s.vector, s.sha256))
 
@@ -106,7 +106,7 @@ async def create_vector(request: Request) -> JSONResponse:
                     meta.get("provenance", {}), dict) else {})
         check_name(name)
     except ArtifactError as e:
-        raise APIError(400, str(e)) from None
+        raise APIError(400, str(e), code="artifact_invalid") from None
     if (why := vec.fingerprint.mismatch(ctx.fingerprint)) is not None:
         raise APIError(400, f"vector was {why}", code="wrong_model")
     overwrite = request.query_params.get("overwrite", "").lower() in ("1", "true", "yes")
@@ -114,7 +114,7 @@ async def create_vector(request: Request) -> JSONResponse:
         ctx.store.save_vector(name, vec, overwrite=overwrite)
     except FileExistsError:
         raise APIError(409, f"vector {name!r} already exists (DELETE it first, or POST "
-                       "with ?overwrite=true)") from None
+                       "with ?overwrite=true)", code="artifact_exists") from None
     s = ctx.store.get_vector(name)
     return JSONResponse(_info(name, s.vector, s.sha256), status_code=201)
 
@@ -124,9 +124,11 @@ def _load(ctx, name: str):
         check_name(name)
         return ctx.store.get_vector(name)
     except KeyError:
-        raise APIError(404, f"no steering vector named {name!r}") from None
+        raise APIError(404, f"no steering vector named {name!r}",
+                       code="unknown_vector") from None
     except ArtifactError as e:
-        raise APIError(400, f"vector {name!r} is unusable: {e}") from None
+        raise APIError(400, f"vector {name!r} is unusable: {e}",
+                       code="artifact_invalid") from None
 
 
 def _summary(kind: str, name: str, stored) -> dict[str, Any]:

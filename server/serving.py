@@ -9,11 +9,11 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgspec
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from vsteer.early_exit.summary import summarize_exits
 from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.channel import ChannelListener
 from vsteer.server import metrics
@@ -21,11 +21,18 @@ from vsteer.server.admission import SlotAdmission
 from vsteer.server.auth import OPERATOR, Principal
 from vsteer.server.body import read_json_object
 from vsteer.server.closing_stream import ClosingStreamingResponse
+from vsteer.server.control_report import ControlReporter
 from vsteer.server.control_resolver import ControlResolver, ResolvedControl
 from vsteer.server.errors import APIError, error_response, pydantic_errors_to_api_error
+from vsteer.server.responses_api import (
+    abstain_response,
+    check_responses_body,
+    output_tokens,
+    responses_stream,
+    responses_usage,
+)
 from vsteer.wire import EXTRA_ARGS_KEY
 
-DECISION_WAIT_S = 2.0
 ABSTAIN_TEXT = ("I am not sure I know the answer to this, so I would rather not guess. "
                 "(vsteer: a hallucination probe flagged this question.)")
 ABSTAIN_FINISH = "content_filter"
@@ -38,7 +45,10 @@ class ControlledServing:
         self.resolver = resolver
         self.admission = admission
         self.listener = listener
+        self.reporter = ControlReporter(listener.book, resolver.fingerprint.num_layers,
+                                        resolver.controls)
         self.chat_cls, self.completion_cls = compat.openai_request_classes()
+        self.responses_cls = compat.responses_request_class()
         self.error_cls = compat.error_response_class()
         self.client_error_cls = compat.client_error_class()
 
@@ -50,13 +60,22 @@ class ControlledServing:
         return await self._serve(raw, self.completion_cls,
                                  self.state.openai_serving_completion.create_completion, who)
 
+    async def responses(self, raw: Request, who: Principal = OPERATOR) -> Response:
+        return await self._serve(raw, self.responses_cls,
+                                 self.state.openai_serving_responses.create_responses, who,
+                                 responses_api=True)
+
     async def _serve(self, raw: Request, req_cls: type, handler: Callable[..., Any],
-                     who: Principal) -> Response:
+                     who: Principal, responses_api: bool = False) -> Response:
         try:
             body = await read_json_object(raw)
             resolved = self.resolver.resolve(body.pop("control", None), who)
             self._check_abstain(body, resolved)
-            wants_usage = self._force_stream_usage(body, self._per_token(resolved))
+            if responses_api:
+                check_responses_body(body, resolved)
+                wants_usage = False
+            else:
+                wants_usage = self._force_stream_usage(body, self._per_token(resolved))
             request = self._vllm_request(req_cls, body, resolved)
         except APIError as e:
             return e.response()
@@ -94,19 +113,24 @@ class ControlledServing:
             metrics.CONTROLLED_REQUESTS.labels("hallucination").inc()
         if resolved.wire.early_exit is not None:
             metrics.CONTROLLED_REQUESTS.labels("early_exit").inc()
+        for name in resolved.wire.plugins:
+            metrics.CONTROLLED_REQUESTS.labels(name).inc()
         if isinstance(result, self.error_cls):
             release()
-            return error_response(result.error.code, result.error.message, result.error.param)
+            status = result.error.code
+            return error_response(status, result.error.message, result.error.param,
+                                  "invalid_value" if status < 500 else "engine_error")
+        if responses_api:
+            return await self._responses_result(result, resolved, release)
         if not hasattr(result, "__aiter__"):
             release()
             data = result.model_dump()
-            probe = await self._probe_result(resolved)
-            if _abstained(probe):
+            if _abstained(await self.reporter.probe(resolved)):
                 for choice in data.get("choices") or []:
                     _abstain_choice(choice)
             usage = data.get("usage") or {}
-            data["control"] = await self._report(resolved, probe,
-                                                 usage.get("completion_tokens") or 0)
+            data["control"] = await self.reporter.final(
+                resolved, usage.get("completion_tokens") or 0, resolved.wire.n)
             self._count_usage(data.get("usage"))
             return JSONResponse(data)
         async def cleanup() -> None:  # also when the stream never started
@@ -118,17 +142,44 @@ class ControlledServing:
         return ClosingStreamingResponse(self._stream(result, resolved, wants_usage, release),
                                         cleanup, media_type="text/event-stream")
 
+    async def _responses_result(self, result: Any, resolved: ResolvedControl,
+                                release: Callable[[], None]) -> Response:
+        if hasattr(result, "__aiter__"):
+            async def cleanup() -> None:
+                release()
+                aclose = getattr(result, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+            return ClosingStreamingResponse(
+                responses_stream(result, resolved, self.reporter, release, self._count_usage),
+                cleanup, media_type="text/event-stream")
+        release()
+        data = result.model_dump(mode="json", by_alias=True)
+        if _abstained(await self.reporter.probe(resolved)):
+            abstain_response(data, ABSTAIN_TEXT)
+        data["control"] = await self.reporter.final(resolved, output_tokens(data))
+        self._count_usage(responses_usage(data))
+        return JSONResponse(data)
+
     def _vllm_request(self, req_cls: type, body: dict[str, Any], resolved: ResolvedControl):
         xargs = body.get("vllm_xargs")
         if isinstance(xargs, dict) and EXTRA_ARGS_KEY in xargs:
             raise APIError(400, f"vllm_xargs.{EXTRA_ARGS_KEY} is reserved; use `control`",
-                           param="vllm_xargs")
+                           param="vllm_xargs", code="invalid_value")
         try:
             request = req_cls.model_validate(body)
         except ValidationError as e:
             raise pydantic_errors_to_api_error(e) from None
         except self.client_error_cls as e:  # vLLM's own validators (e.g. empty prompt)
             raise _client_error(e) from None
+        n = getattr(request, "n", None) or 1
+        if n > 1 and body.get("stream") and self._per_token(resolved):
+            raise APIError(400, "control.hallucination.per_token scores in a stream need "
+                           "n = 1 (without a stream they are reported per choice)",
+                           param="control.hallucination.per_token",
+                           code="unsupported_combination")
+        resolved.wire = msgspec.structs.replace(resolved.wire, n=n)
         if resolved.active:
             request.vllm_xargs = {**(request.vllm_xargs or {}),
                                   EXTRA_ARGS_KEY: resolved.encoded()}
@@ -148,7 +199,8 @@ class ControlledServing:
         if body.get("ignore_eos") or (body.get("min_tokens") or 0) > 0:
             raise APIError(400, "control.hallucination.action 'abstain' cannot be combined "
                            "with ignore_eos or min_tokens > 0",
-                           param="control.hallucination.action")
+                           param="control.hallucination.action",
+                           code="conflicting_fields")
 
     @staticmethod
     def _per_token(resolved: ResolvedControl) -> bool:
@@ -179,84 +231,6 @@ class ControlledServing:
             return work.result()
         work.cancel()
         raise asyncio.CancelledError("client disconnected")
-
-    async def _probe_result(self, resolved: ResolvedControl) -> dict[str, Any] | None:
-        """The worker's in-prefill probe score ({score, fired, action}), or None."""
-        if resolved.wire.probe is None:
-            return None
-        return await asyncio.to_thread(self.listener.wait_probe, resolved.wire.rid,
-                                       DECISION_WAIT_S)
-
-    async def _report(self, resolved: ResolvedControl, probe: dict[str, Any] | None = None,
-                      completion_tokens: int = 0) -> dict[str, Any]:
-        report = dict(resolved.applied)
-        if "refusal" in report:
-            report["refusal"] = await self._refusal_report(resolved)
-        if "hallucination" in report:
-            report["hallucination"] = await self._probe_report(resolved, probe,
-                                                               completion_tokens)
-        if resolved.wire.early_exit is not None:
-            report["early_exit"] = await self._exit_report(resolved, completion_tokens)
-        errors = self.listener.pop_errors(resolved.wire.rid) if resolved.active else []
-        if errors:
-            report["errors"] = errors
-        return report
-
-    async def _refusal_report(self, resolved: ResolvedControl) -> dict[str, Any]:
-        """{mode, triggered, score, threshold, artifact, ...}: force and ablate always
-        apply; guard and controller report the worker's in-prefill decision."""
-        rep = {"triggered": None, "score": None, "threshold": None, "artifact": None,
-               **resolved.applied["refusal"]}
-        mode = rep["mode"]
-        if mode in ("force", "ablate"):
-            rep["triggered"] = True
-        elif resolved.wire.decide is not None:
-            msg = await asyncio.to_thread(self.listener.wait_decision, resolved.wire.rid,
-                                          DECISION_WAIT_S)
-            if msg is not None:
-                rep["triggered"], rep["score"] = bool(msg["fired"]), float(msg["score"])
-                metrics.REFUSAL_SCORE.labels(mode).observe(rep["score"])
-        if mode != "off":
-            metrics.REFUSAL_DECISIONS.labels(mode, str(rep["triggered"]).lower()).inc()
-        return rep
-
-    async def _probe_report(self, resolved: ResolvedControl, probe: dict[str, Any] | None,
-                            completion_tokens: int) -> dict[str, Any]:
-        """{probe, action, threshold, score, triggered, action_taken, [token_scores]}."""
-        rep: dict[str, Any] = {**resolved.applied["hallucination"], "score": None,
-                               "triggered": None, "action_taken": "none"}
-        action = rep["action"]
-        if probe is not None:
-            rep["score"], rep["triggered"] = float(probe["score"]), bool(probe["fired"])
-            metrics.HALLUCINATION_SCORE.labels(action).observe(rep["score"])
-            if rep["triggered"] and action in ("abstain", "mitigate"):
-                rep["action_taken"] = "abstained" if action == "abstain" else "mitigated"
-        metrics.HALLUCINATION_ACTIONS.labels(action, rep["action_taken"]).inc()
-        if rep["per_token"]:
-            rid = resolved.wire.rid
-            await asyncio.to_thread(self.listener.wait_token_scores, rid, completion_tokens,
-                                    DECISION_WAIT_S)
-            rep["token_scores"] = self.listener.pop_token_scores(rid)[:completion_tokens]
-        return rep
-
-    async def _exit_report(self, resolved: ResolvedControl, completion_tokens: int
-                           ) -> dict[str, Any]:
-        """{mode, predictor, ..., exit_layers (per token), saved_fraction, agreement}."""
-        rep: dict[str, Any] = dict(resolved.applied["early_exit"])
-        records = await asyncio.to_thread(self.listener.wait_exit_tokens, resolved.wire.rid,
-                                          completion_tokens, DECISION_WAIT_S)
-        rep.update(summarize_exits(records, self.resolver.fingerprint.num_layers))
-        mode = rep["mode"]
-        exited = rep["exited_tokens"]
-        metrics.EXIT_TOKENS.labels(mode, "true").inc(exited)
-        metrics.EXIT_TOKENS.labels(mode, "false").inc(rep["tokens"] - exited)
-        if records:
-            metrics.EXIT_SAVED.labels(mode).observe(rep["saved_fraction"])
-        if rep.get("agreement") is not None:
-            agreed = sum(1 for _, a in records if a == 1)
-            metrics.EXIT_AGREEMENT.labels("true").inc(agreed)
-            metrics.EXIT_AGREEMENT.labels("false").inc(exited - agreed)
-        return rep
 
     def _count_usage(self, usage: dict[str, Any] | None) -> None:
         if usage:
@@ -299,7 +273,7 @@ class ControlledServing:
                     yield line
                     continue
                 if abstain and not probe_fetched:
-                    probe, probe_fetched = await self._probe_result(resolved), True
+                    probe, probe_fetched = await self.reporter.probe(resolved), True
                 if _abstained(probe):
                     for choice in data["choices"]:
                         if choice.get("finish_reason"):
@@ -310,9 +284,7 @@ class ControlledServing:
                         data["usage"] = usage  # the client asked for usage stats
                     n = usage.get("completion_tokens") or 0
                     if n > sent_scores:
-                        scores = await asyncio.to_thread(
-                            self.listener.wait_token_scores, resolved.wire.rid, n,
-                            DECISION_WAIT_S)
+                        scores = await self.reporter.token_scores(resolved, n)
                         data["control"] = {"hallucination": {
                             "token_scores": scores[sent_scores:n]}}
                         sent_scores = n
@@ -321,9 +293,8 @@ class ControlledServing:
                 final = usage_chunk or {k: last[k] for k in ("id", "object", "created", "model")
                                         if k in last}
                 final.setdefault("choices", [])
-                if not probe_fetched:
-                    probe = await self._probe_result(resolved)
-                final["control"] = await self._report(resolved, probe, completion_tokens)
+                final["control"] = await self.reporter.final(resolved, completion_tokens,
+                                                             resolved.wire.n)
                 yield f"data: {json.dumps(final)}\n\n"
             yield "data: [DONE]\n\n"
         finally:
@@ -336,7 +307,7 @@ class ControlledServing:
 def _client_error(e: Exception) -> APIError:
     """A 400 from vLLM's own request-caused error (its message, its parameter)."""
     return APIError(400, str(e.args[0]) if e.args else str(e),
-                    param=getattr(e, "parameter", None))
+                    param=getattr(e, "parameter", None), code="invalid_value")
 
 
 def _abstained(probe: dict[str, Any] | None) -> bool:

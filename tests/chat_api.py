@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from conftest import API_KEY, MODEL_NAME
+from conftest import ADMIN_KEY, API_KEY, MODEL_NAME
 
 MAX_TOKENS = 24
 
@@ -37,15 +37,46 @@ def text(resp: dict) -> str:
 
 
 def ask_together(server, cases: list[tuple[str, dict | None]]) -> list[str]:
-    """The answers to `cases` sent concurrently (so the engine batches them)."""
+    """The answers to `cases` sent concurrently, after checking from the worker's own
+    step reports that they really ran together (assert_shared_steps)."""
+    replies = ask_together_full(server, cases)
+    assert_shared_steps(server, replies)
+    return [text(r) for r in replies]
+
+
+def ask_together_full(server, cases: list[tuple[str, dict | None]],
+                      path: str = "/v1/chat/completions") -> list[dict]:
+    """The responses to `cases` sent concurrently (so the engine may batch them)."""
     async def together():
         async with httpx.AsyncClient(timeout=300) as client:
             async def one(p, c):
-                r = await client.post(server.base_url + "/v1/chat/completions",
-                                      json=body_for(p, c),
+                r = await client.post(server.base_url + path, json=body_for(p, c),
                                       headers={"Authorization": f"Bearer {API_KEY}"})
                 assert r.status_code == 200, r.text
-                return text(r.json())
+                return r.json()
             return await asyncio.gather(*(one(p, c) for p, c in cases))
 
     return asyncio.run(together())
+
+
+def trace(server, request_id: str) -> list[list[int]]:
+    """[[step, requests in it], ...] of a controlled reply's first choice, as the worker
+    reported them (GET /v1/vsteer/trace, admin key)."""
+    r = httpx.get(f"{server.base_url}/v1/vsteer/trace/{request_id}",
+                  headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    c = r.json()["choices"][0]
+    return [[s, b] for s, b in zip(c["steps"], c["batch"], strict=True)]
+
+
+def assert_shared_steps(server, replies: list[dict]) -> None:
+    """Worker-side evidence that concurrent replies ran in the same engine steps: the
+    controlled ones share a step, and some step of each held every reply at once."""
+    traces = [trace(server, r["control"]["request_id"]) for r in replies
+              if (r.get("control") or {}).get("request_id")]
+    assert traces, "no controlled reply to trace"
+    steps = [{s for s, _ in t} for t in traces]
+    common = set.intersection(*steps)
+    assert common, f"the controlled replies never shared an engine step: {traces}"
+    assert all(max(b for _, b in t) >= len(replies) for t in traces), (
+        f"no step held all {len(replies)} replies at once: {traces}")

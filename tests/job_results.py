@@ -17,6 +17,6 @@ def finish_step(table: JobTable) -> None:
     mb = _MAILBOXES.get(table.capacity)
     if mb is None:
         mb = _MAILBOXES[table.capacity] = ResultMailbox(table.capacity, torch.device("cpu"),
-                                                        threading.RLock(), lambda: None)
+                                                        threading.RLock())
     table.finish(mb)
     mb.drain()

@@ -33,17 +33,22 @@ def test_tcp_channel_advertises_a_reachable_address_and_checks_the_key():
         listener.export(env)
         assert env == {ENV_ADDRESS: listener.address, ENV_KEY: listener.key}
         worker = WorkerChannel(env[ENV_ADDRESS], env[ENV_KEY])
-        worker.send({"type": "error", "rid": "r1", "message": "m"})
-        _wait(lambda: "r1" in listener.errors)
+        worker.send(_step("r1", "m"))
+        _wait(lambda: listener.book.trace("r1") is not None)
         intruder = WorkerChannel(listener.address, key="not-the-key")
-        intruder.send({"type": "error", "rid": "r2", "message": "forged"})
+        intruder.send(_step("r2", "forged"))
         keyless = WorkerChannel(listener.address, key="")
-        keyless.send({"type": "error", "rid": "r3", "message": "forged"})
+        keyless.send(_step("r3", "forged"))
         _wait(lambda: listener.rejected == 2)
-        assert listener.pop_errors("r1") == ["m"] and "r2" not in listener.errors
-        assert "r3" not in listener.errors
+        assert listener.pop_errors("r1") == ["m"]
+        assert listener.book.trace("r2") is None and listener.book.trace("r3") is None
     finally:
         listener.close()
+
+
+def _step(rid: str, message: str) -> dict:
+    return {"type": "step", "step": 1, "requests": {f"{rid}:0": {
+        "sampled": 0, "errors": [{"code": "control_not_applied", "message": message}]}}}
 
 
 def test_tcp_channel_defaults_to_vllms_node_ip(monkeypatch):

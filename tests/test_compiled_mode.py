@@ -80,3 +80,23 @@ def test_mixed_batch_in_compiled_mode_equals_solo_runs(compiled_server):
              (PROMPTS[0], MITIGATE), (PROMPTS[3], ABSTAIN), (q, None)]
     solo = [text(ask(compiled_server, p, c)) for p, c in cases]
     assert ask_together(compiled_server, cases) == solo
+
+
+def test_the_example_control_runs_inside_compiled_graphs(server, compiled_server,
+                                                         demo_vector):
+    """The installed projection clamp (examples/projection-clamp) brings its own op;
+    traced once with nobody clamped, it still clamps exactly the request that asks, and
+    its tokens equal the eager server's."""
+    wide = {"projection_clamp": {"vector": "joyful", "lo": -1e6, "hi": 1e6}}
+    pinned = {"projection_clamp": {"vector": "joyful", "lo": 40.0, "hi": 40.0}}
+    p = PROMPTS[0]
+    plain = text(ask(compiled_server, p))
+    assert text(ask(compiled_server, p, wide)) == plain
+    comp, eager = ask(compiled_server, p, pinned), ask(server, p, pinned)
+    assert text(comp) != plain and text(comp) == text(eager)
+    usage = comp["usage"]
+    assert comp["control"]["projection_clamp"]["tokens"] == (
+        usage["prompt_tokens"] + usage["completion_tokens"] - 1)
+    cases = [(p, wide), (p, pinned), (PROMPTS[1], None)]
+    solo = [text(ask(compiled_server, q, c)) for q, c in cases]
+    assert ask_together(compiled_server, cases) == solo

@@ -35,6 +35,10 @@ def _bound_generation(case) -> None:
         if not isinstance(body.get("max_tokens"), int) or body["max_tokens"] > MAX_TOKENS:
             body["max_tokens"] = MAX_TOKENS
         body.pop("n", None)
+    if isinstance(body, dict) and "input" in body:  # POST /v1/responses
+        if not isinstance(body.get("max_output_tokens"), int) \
+                or body["max_output_tokens"] > MAX_TOKENS:
+            body["max_output_tokens"] = MAX_TOKENS
 
 
 def test_spec_documents_the_request_bodies(server):
@@ -50,7 +54,8 @@ def test_spec_documents_the_request_bodies(server):
 def test_no_request_gets_a_5xx(server, mode):
     ops = _operations(server)
     assert {f"{op.method.upper()} {op.path}" for op in ops} >= {
-        "POST /v1/chat/completions", "POST /v1/completions", "POST /v1/control/vectors"}
+        "POST /v1/chat/completions", "POST /v1/completions", "POST /v1/responses",
+        "POST /v1/control/vectors"}
     seen: dict[str, int] = {}
     with httpx.Client(base_url=server.base_url, timeout=120) as client:
         for op in ops:

@@ -118,7 +118,9 @@ def test_prefill_score_is_the_same_whole_or_chunked(kind, pooling):
         if kind == "mlp":
             return mlp_prefill(run, hidden, residual, lo, hi, final)
         scored = []
-        if (job := table_job(run, lo, hi, final)) is not None:
+        job, run.acc_n = table_job(run, lo, hi, final)
+        run.done = final  # what the runtime stores from the planner's Progress
+        if job is not None:
             table.add(**job, on_result=lambda s, f: scored.append((s, f)))
         table.commit()
         torch.ops.vsteer.score_jobs(hidden, residual, table.jobs_i.device, table.jobs_f.device,

@@ -26,13 +26,17 @@ QUIET = soak.QUIET_METRICS  # slot and queue gauges that must return to 0
 
 
 def test_soak_reduced(server, refusal_artifacts, probe_artifacts, exit_artifacts, tmp_path):
-    """16 streaming clients for 20 s over every kind of control: no errors, memory flat,
-    slots and queues back to 0. The full size (64 clients, 60 s) is `python bench/soak.py`."""
+    """16 streaming clients for 20 s over every kind of control: no errors, every control
+    report complete, memory flat, slots and queues back to 0. The full size (64 clients,
+    60 s) is `python bench/soak.py`."""
     extra = [{"refusal": {"mode": "guard", "direction": "refusal"}},
              {"hallucination": {"probe": PROBE, "per_token": True}},
              {"early_exit": {"mode": "observe", "predictor": EXIT, "threshold": 0.5}},
              {"steer": [{"vector": "joyful", "scale": 1.0}],
-              "refusal": {"mode": "force", "direction": "refusal", "scale": 0.5}}]
+              "refusal": {"mode": "force", "direction": "refusal", "scale": 0.5}},
+             {"projection_clamp": {"vector": "joyful", "hi": 0.0},
+              "hallucination": {"probe": PROBE, "per_token": True},
+              "early_exit": {"mode": "observe", "predictor": EXIT, "threshold": 0.5}}]
     controls = tmp_path / "controls.json"
     controls.write_text(json.dumps(extra))
     run = subprocess.run(
@@ -43,6 +47,7 @@ def test_soak_reduced(server, refusal_artifacts, probe_artifacts, exit_artifacts
         capture_output=True, text=True, timeout=600)
     report = json.loads((tmp_path / "soak" / "report.json").read_text())
     assert report["errors"] == 0, report["error_examples"]
+    assert report["incomplete_reports"] == 0  # every reply's report held all it asked for
     assert report["requests"] >= 16 and report["controls"] == 9 + len(extra)
     assert report["rss_mb"]["growth"] <= 128, report["rss_mb"]
     assert report["after"] == {m: 0.0 for m in QUIET}

@@ -7,6 +7,8 @@ import numpy as np
 import openai
 import pytest
 
+from vsteer.server.error_codes import ERROR_CODES
+
 from conftest import ADMIN_KEY, API_KEY, MODEL_NAME
 
 pytestmark = pytest.mark.engine
@@ -18,13 +20,21 @@ BAD_CONTROLS = [
     ({"steer": [{"vector": "joyful", "layers": [-1]}]}, "out of range", None),
     ({"steer": [{"vector": "joyful", "layers": [2]}]}, "no direction at layer 2", None),
     ({"steer": [{"vector": "joyful", "scale": 1e6}]}, "within", "control.steer[0].scale"),
-    ({"steer": [{"vector": "joyful", "scale": "big"}]}, "valid number", None),
-    ({"steer": [{"vector": "joyful", "op": "multiply"}]}, "op", None),
+    ({"steer": [{"vector": "joyful", "scale": "big"}]}, "valid number",
+     "control.steer[0].scale"),
+    ({"steer": [{"vector": "joyful", "op": "multiply"}]}, "op", "control.steer[0].op"),
     ({"steer": [{"vector": "joyful", "positions": "middle"}]}, "positions", None),
     ({"steer": [{"vector": "joyful", "extra": 1}]}, "Extra inputs", None),
     ({"steer": {"vector": "joyful"}}, "valid list", None),
     ({"steer": [{"vector": "joyful"}] * 9}, "at most 8", None),
     ({"refusal": {"mode": "guard"}}, "control.refusal", None),
+    # a field the mode does not read is refused, not ignored
+    ({"refusal": {"mode": "controller", "controller": "refusal-ctrl", "scale": 2.0}},
+     "does not apply to mode 'controller'", "control.refusal.scale"),
+    ({"refusal": {"mode": "guard", "direction": "refusal", "layers": [3]}},
+     "does not apply to mode 'guard'", "control.refusal.layers"),
+    ({"early_exit": {"mode": "off", "threshold": 0.5}}, "does not apply to mode 'off'",
+     "control.early_exit.threshold"),
     ("steer", "must be a JSON object", "control"),
 ]
 
@@ -43,8 +53,9 @@ def test_bad_control_is_400_and_never_enqueued(server, control, message, param):
     err = e.value.body
     assert e.value.status_code == 400 and err["type"] == "invalid_request_error"
     assert message in err["message"]
+    assert err["code"] in ERROR_CODES  # every error names its code, from one vocabulary
     if param:
-        assert err["param"] == param
+        assert err["param"] == param  # one path syntax: control.steer[0].scale
     assert _engine_prompt_tokens(server) == before
 
 

@@ -64,10 +64,26 @@ def test_step_state_attributes_exist():
                  "self.max_num_tokens", "self.max_num_reqs", "self.dtype"):
         assert attr in init_src, f"GPUModelRunner no longer sets {attr}"
     batch_src = inspect.getsource(InputBatch)
-    for attr in ("num_computed_tokens_cpu", "def req_ids", "num_reqs"):
+    for attr in ("num_computed_tokens_cpu", "num_tokens_no_spec", "def req_ids", "num_reqs"):
         assert attr in batch_src, f"InputBatch lost {attr}"
     assert "num_prompt_tokens" in inspect.getsource(CachedRequestState)
     assert "sampling_params" in CachedRequestState.__dataclass_fields__
+
+
+def test_choices_of_n_are_child_requests_named_by_index():
+    """n > 1 runs n engine requests "<index>_<parent>"; the worker reads the index."""
+    from vllm import SamplingParams
+    from vllm.v1.engine.parallel_sampling import ParentRequest
+
+    parent = ParentRequest.__new__(ParentRequest)
+    parent.request_id, parent.child_requests = "chatcmpl-abc_1", set()
+    parent.sampling_params, parent.cached_child_sampling_params = SamplingParams(n=3), None
+    for i in range(3):
+        child_id, params = parent.get_child_info(i)
+        assert compat.choice_index(child_id, 3) == i and params.n == 1
+    assert compat.choice_index("anything", 1) == 0
+    with pytest.raises(RuntimeError, match="vLLM changed"):
+        compat.choice_index("abc", 2)
 
 
 def test_additional_config_is_hashed_into_the_compile_key():
@@ -80,6 +96,8 @@ def test_server_side_internals():
     chat, completion = compat.openai_request_classes()
     for cls in (chat, completion):
         assert {"vllm_xargs", "cache_salt", "stream_options"} <= set(cls.model_fields), cls
+    responses = compat.responses_request_class()
+    assert {"vllm_xargs", "cache_salt", "input", "stream"} <= set(responses.model_fields)
     err = compat.error_response_class()
     assert "error" in err.model_fields
     with pytest.raises(compat.client_error_class()) as e:  # not wrapped by pydantic

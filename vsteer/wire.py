@@ -72,11 +72,13 @@ class WireCapture(msgspec.Struct, frozen=True):
 
 class WireSpec(msgspec.Struct, frozen=True):
     rid: str  # correlation id for results sent back to the server
+    n: int = 1  # choices in the reply: engine requests sharing this rid
     steer: list[WireSteer] = []
     capture: WireCapture | None = None
     decide: WireDecide | None = None
     probe: WireProbe | None = None
     early_exit: WireExit | None = None
+    plugins: dict[str, str] = {}  # installed controls: name -> their wire (JSON text)
 
 
 _encoder = msgspec.json.Encoder()

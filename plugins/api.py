@@ -1,0 +1,142 @@
+"""The Control API: how a control plugs into vsteer (docs/control-api.md).
+
+A control is one installable unit registered in the entry-point group
+`vsteer.controls`; the entry point names a zero-argument factory returning a
+`Control`. vsteer loads every registered control in the server process and in every
+vLLM worker, and routes `control.<name>` to it:
+
+    server  (HTTP thread)      Control.resolve(request, ResolveContext) -> Resolution
+                               every 4xx raised here, before anything is enqueued
+    worker  (model load)       Control.worker(WorkerContext) -> WorkerControl
+            (first schedule)   WorkerControl.setup(wire, prompt_tokens) -> state
+            (every step)       WorkerControl.plan([RequestRows ...])   host side
+            (every layer)      WorkerControl.on_layer(layer, hidden, residual)
+                               inside the forward: traced once by torch.compile, so
+                               device tensors and custom ops only, no read-back
+            (after the step)   WorkerControl.collect(rows) -> result, per request
+            (request gone)     WorkerControl.release(state)
+    server  (reply done)       Control.report(applied, results) -> control.<name>
+
+`collect`'s results travel in the step's single report message
+(plugins/step_report.py); the server waits for every step of the reply before
+`report` runs, so a report is never partial.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from vsteer.artifacts import ModelFingerprint
+
+ENTRY_POINT_GROUP = "vsteer.controls"
+BUILT_IN = frozenset({"steer", "refusal", "hallucination", "early_exit"})
+
+
+class ControlSetupError(Exception):
+    """The worker cannot set up this request's control: none of the request's controls
+    is applied and its reply says why (`control.errors`, code control_not_applied)."""
+
+
+@dataclass(frozen=True)
+class Resolution:
+    wire: dict[str, Any]  # JSON values the worker's setup gets
+    applied: dict[str, Any]  # echoed in the response (control.<name>) with the report
+
+
+@dataclass(frozen=True)
+class StoredVector:
+    """A steering vector from the artifact store, as the request may use it."""
+
+    name: str
+    path: str  # the worker reads it from the shared artifact directory
+    sha256: str  # ... and checks its content (vsteer.artifacts.read_verified)
+    layers: list[int]
+    directions: dict[int, Any]  # layer -> [H] float32 numpy
+
+
+@dataclass(frozen=True)
+class ResolveContext:
+    fingerprint: ModelFingerprint
+    param: str  # the request's JSON path of this control, "control.<name>"
+    max_abs_scale: float  # the operator's (and tenant's) bound on any scale
+    load_vector: Callable[[str, str], StoredVector]  # (name, param): tenant policy applied
+
+    def error(self, message: str, field: str | None = None, code: str = "invalid_value"):
+        """The 400 to raise for this control's `field` (OpenAI error shape)."""
+        from vsteer.server.errors import APIError
+
+        param = f"{self.param}.{field}" if field else self.param
+        return APIError(400, f"{param}: {message}", param=param, code=code)
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    fingerprint: ModelFingerprint
+    hidden_size: int
+    num_layers: int
+    max_num_tokens: int  # token rows a step can hold
+    max_num_reqs: int  # requests a step can hold
+    device: torch.device
+    dtype: torch.dtype
+    eager: bool  # False: on_layer is traced into compiled graphs
+    tp_rank: int
+
+
+@dataclass(frozen=True)
+class RequestRows:
+    """One request's rows in this step, with the state its setup returned."""
+
+    state: Any
+    rid: str
+    choice: int  # which of the reply's n choices
+    start: int  # token rows start..end of the step's hidden states
+    end: int
+    position: int  # position of row `start` in the request's sequence
+    prompt_end: int  # rows start..prompt_end are prompt tokens, the rest generated
+    samples: bool  # row end - 1 samples the request's next token
+
+
+class WorkerControl(ABC):
+    @abstractmethod
+    def setup(self, wire: dict[str, Any], prompt_tokens: int) -> Any:
+        """Per request, once, on the host; raise ControlSetupError if it cannot run."""
+
+    def release(self, state: Any) -> None:  # noqa: B027  (optional hook)
+        """The request is gone: give back what setup took."""
+
+    @abstractmethod
+    def plan(self, rows: list[RequestRows]) -> None:
+        """Every step (rows may be empty): write this control's tables for the step."""
+
+    @abstractmethod
+    def on_layer(self, layer: int, hidden: torch.Tensor, residual: torch.Tensor | None
+                 ) -> None:
+        """Every decoder layer: hidden [T, H] (modified in place), residual [T, H]."""
+
+    def collect(self, rows: RequestRows) -> Any:
+        """After the step, per request: a JSON value for `report` (None: nothing)."""
+        return None
+
+
+class Control(ABC):
+    name: str  # its key under `control`
+    schema: type[BaseModel]  # validates control.<name> (extra fields: 400)
+
+    @abstractmethod
+    def resolve(self, request: BaseModel, ctx: ResolveContext) -> Resolution:
+        """Validate against artifacts, model and policy; raise ctx.error(...) on 4xx."""
+
+    @abstractmethod
+    def worker(self, ctx: WorkerContext) -> WorkerControl:
+        """This control's worker half, once per worker process."""
+
+    def report(self, applied: dict[str, Any], results: list[Any]) -> dict[str, Any]:
+        """control.<name> of the response: `applied`, and the collected `results` of
+        every step of the reply (in step order)."""
+        return applied

@@ -1,0 +1,151 @@
+"""The `control` object of a response: what was applied (from the resolver) and what
+the worker measured (from its step messages, plugins/result_book.py).
+
+A report waits for exactly what it needs (a prefill decision, a probe score, the
+records of every token the reply holds) and ends the moment the step message holding
+the last of it lands. A part that cannot be produced is a coded entry in
+`control.errors` (`report_incomplete`), never a silent null.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from vsteer.early_exit.summary import summarize_exits
+from vsteer.plugins.api import Control
+from vsteer.plugins.result_book import ChoiceResults, Expect, ResultBook
+from vsteer.server import metrics
+from vsteer.server.control_resolver import ResolvedControl
+
+# Only a worker that died takes this long: every step's message is sent right after it.
+REPORT_DEADLINE_S = float(os.environ.get("VSTEER_REPORT_DEADLINE_S", "60"))
+INCOMPLETE = "report_incomplete"
+
+
+class ControlReporter:
+    def __init__(self, book: ResultBook, num_layers: int,
+                 controls: dict[str, Control] | None = None) -> None:
+        self.book = book
+        self.num_layers = num_layers
+        self.controls = controls or {}  # installed controls (plugins/api.py)
+
+    def expect(self, resolved: ResolvedControl, tokens: int = 0) -> Expect:
+        w = resolved.wire
+        counted = (w.probe is not None and w.probe.per_token) or w.early_exit is not None
+        return Expect(decision=w.decide is not None, probe=w.probe is not None,
+                      tokens=tokens if counted else 0)
+
+    async def probe(self, resolved: ResolvedControl) -> dict[str, Any] | None:
+        """The in-prefill probe result of the reply's first choice (abstain reads it
+        before the first token is shown), or None if the probe did not run."""
+        if resolved.wire.probe is None:
+            return None
+        got = await self.book.wait_async(resolved.wire.rid, {0: Expect(probe=True)},
+                                         REPORT_DEADLINE_S)
+        return got[0].probe
+
+    async def token_scores(self, resolved: ResolvedControl, count: int) -> list[Any]:
+        """The first `count` per-token scores (a stream's chunks, n = 1)."""
+        got = await self.book.wait_async(resolved.wire.rid, {0: Expect(tokens=count)},
+                                         REPORT_DEADLINE_S)
+        return list(got[0].token_scores[:count])
+
+    async def final(self, resolved: ResolvedControl, completion_tokens: int,
+                    n: int = 1) -> dict[str, Any]:
+        """The response's `control`. With n > 1 the measured parts are per choice."""
+        report: dict[str, Any] = dict(resolved.applied)
+        if not resolved.active:
+            return report
+        report["request_id"] = resolved.wire.rid  # GET /v1/vsteer/trace/{request_id}
+        rid = resolved.wire.rid
+        expects = {c: self.expect(resolved, completion_tokens if n == 1 else 0)
+                   for c in range(n)}
+        got = await self.book.wait_async(rid, expects, REPORT_DEADLINE_S,
+                                         total_tokens=completion_tokens
+                                         if n > 1 and self.expect(resolved, 1).tokens else 0)
+        self.book.pop(rid)
+        errors: list[dict[str, str]] = []
+        parts = [self._measured(resolved, got[c], expects[c], completion_tokens, errors)
+                 for c in range(n)]
+        if n == 1:
+            report.update(parts[0])
+        else:
+            report["choices"] = [{"index": c, **p} for c, p in enumerate(parts)]
+        if errors:
+            report["errors"] = errors
+        return report
+
+    def _measured(self, resolved: ResolvedControl, res: ChoiceResults, expect: Expect,
+                  tokens: int, errors: list[dict[str, str]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if "refusal" in resolved.applied:
+            out["refusal"] = self._refusal(resolved, res)
+        if "hallucination" in resolved.applied:
+            out["hallucination"] = self._hallucination(resolved, res, tokens)
+        if resolved.wire.early_exit is not None:
+            out["early_exit"] = self._early_exit(resolved, res, tokens)
+        for name in resolved.wire.plugins:
+            out[name] = self.controls[name].report(resolved.applied[name],
+                                                   res.extra.get(name, []))
+        for e in res.errors:
+            if e not in errors:
+                errors.append(e)
+        missing = res.missing(expect)
+        if missing:
+            errors.append({"code": INCOMPLETE, "message": (
+                f"the worker's report lacks {', '.join(missing)} after "
+                f"{REPORT_DEADLINE_S:g} s; those fields are null")})
+        return out
+
+    @staticmethod
+    def _refusal(resolved: ResolvedControl, res: ChoiceResults) -> dict[str, Any]:
+        """{mode, triggered, score, threshold, artifact, ...}: force and ablate always
+        apply; guard and controller report the worker's in-prefill decision."""
+        rep = {"triggered": None, "score": None, "threshold": None, "artifact": None,
+               **resolved.applied["refusal"]}
+        mode = rep["mode"]
+        if mode in ("force", "ablate"):
+            rep["triggered"] = True
+        elif resolved.wire.decide is not None and res.decision is not None:
+            rep["triggered"] = bool(res.decision["fired"])
+            rep["score"] = float(res.decision["score"])
+            metrics.REFUSAL_SCORE.labels(mode).observe(rep["score"])
+        if mode != "off":
+            metrics.REFUSAL_DECISIONS.labels(mode, str(rep["triggered"]).lower()).inc()
+        return rep
+
+    @staticmethod
+    def _hallucination(resolved: ResolvedControl, res: ChoiceResults, tokens: int
+                       ) -> dict[str, Any]:
+        """{probe, action, threshold, score, triggered, action_taken, [token_scores]}."""
+        rep: dict[str, Any] = {**resolved.applied["hallucination"], "score": None,
+                               "triggered": None, "action_taken": "none"}
+        action = rep["action"]
+        if res.probe is not None:
+            rep["score"], rep["triggered"] = float(res.probe["score"]), bool(res.probe["fired"])
+            metrics.HALLUCINATION_SCORE.labels(action).observe(rep["score"])
+            if rep["triggered"] and action in ("abstain", "mitigate"):
+                rep["action_taken"] = "abstained" if action == "abstain" else "mitigated"
+        metrics.HALLUCINATION_ACTIONS.labels(action, rep["action_taken"]).inc()
+        if rep["per_token"]:
+            rep["token_scores"] = res.token_scores[:tokens] if tokens else res.token_scores
+        return rep
+
+    def _early_exit(self, resolved: ResolvedControl, res: ChoiceResults, tokens: int
+                    ) -> dict[str, Any]:
+        """{mode, predictor, ..., exit_layers (per token), saved_fraction, agreement}."""
+        rep: dict[str, Any] = dict(resolved.applied["early_exit"])
+        records = res.exit[:tokens] if tokens else res.exit
+        rep.update(summarize_exits(records, self.num_layers))
+        mode = rep["mode"]
+        exited = rep["exited_tokens"]
+        metrics.EXIT_TOKENS.labels(mode, "true").inc(exited)
+        metrics.EXIT_TOKENS.labels(mode, "false").inc(rep["tokens"] - exited)
+        if records:
+            metrics.EXIT_SAVED.labels(mode).observe(rep["saved_fraction"])
+        if rep.get("agreement") is not None:
+            agreed = sum(1 for _, a in records if a == 1)
+            metrics.EXIT_AGREEMENT.labels("true").inc(agreed)
+            metrics.EXIT_AGREEMENT.labels("false").inc(exited - agreed)
+        return rep

@@ -1,0 +1,79 @@
+"""`control` on the Responses API (`POST /v1/responses`): vLLM's handler returns a
+Response object or a stream of typed events; the report rides on the Response object
+(`response.control`), in a stream on the `response.completed` event's response."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from vsteer.server.control_report import ControlReporter
+from vsteer.server.control_resolver import ResolvedControl
+from vsteer.server.errors import APIError
+
+COMPLETED = "response.completed"
+
+
+def check_responses_body(body: dict[str, Any], resolved: ResolvedControl) -> None:
+    """What a Responses stream cannot carry is a 400 before the engine."""
+    wp = resolved.wire.probe
+    if not body.get("stream") or wp is None:
+        return
+    if wp.per_token:
+        raise APIError(400, "control.hallucination.per_token scores need stream=false on "
+                       "/v1/responses (chat and completions stream them per chunk)",
+                       param="control.hallucination.per_token", code="unsupported_combination")
+    if wp.action == "abstain":
+        raise APIError(400, "control.hallucination.action 'abstain' needs stream=false on "
+                       "/v1/responses", param="control.hallucination.action",
+                       code="unsupported_combination")
+
+
+def output_tokens(data: dict[str, Any]) -> int:
+    return int((data.get("usage") or {}).get("output_tokens") or 0)
+
+
+def abstain_response(data: dict[str, Any], text: str) -> None:
+    """An abstaining response: its message says so, and it is marked incomplete (the
+    Responses API's way of saying content was withheld)."""
+    for item in data.get("output") or []:
+        if item.get("type") == "message":
+            for part in item.get("content") or []:
+                if part.get("type") == "output_text":
+                    part["text"] = text
+    data["status"] = "incomplete"
+    data["incomplete_details"] = {"reason": "content_filter"}
+
+
+async def responses_stream(events: AsyncIterator[Any], resolved: ResolvedControl,
+                           reporter: ControlReporter, release: Callable[[], None],
+                           count_usage: Callable[[dict[str, Any] | None], None]
+                           ) -> AsyncIterator[str]:
+    """vLLM's events as SSE, the `control` report on the completed response."""
+    try:
+        async for event in events:
+            kind = getattr(event, "type", "unknown")
+            if kind != COMPLETED:
+                yield (f"event: {kind}\ndata: "
+                       f"{event.model_dump_json(indent=None, by_alias=True)}\n\n")
+                continue
+            data = event.model_dump(mode="json", by_alias=True)
+            resp = data.get("response") or {}
+            count_usage(responses_usage(resp))
+            resp["control"] = await reporter.final(resolved, output_tokens(resp))
+            yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+    finally:
+        release()
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def responses_usage(resp: dict[str, Any]) -> dict[str, int] | None:
+    """The Responses usage in chat's names (for the token counters)."""
+    u = resp.get("usage")
+    if not u:
+        return None
+    return {"prompt_tokens": u.get("input_tokens") or 0,
+            "completion_tokens": u.get("output_tokens") or 0}

@@ -1,0 +1,70 @@
+"""The response's `control` report from the result book: complete when its step
+messages are in, per choice for n > 1, and a coded `report_incomplete` (never a silent
+null) when the worker never answers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from vsteer.plugins.result_book import ResultBook
+from vsteer.server import control_report
+from vsteer.server.control_report import INCOMPLETE, ControlReporter
+from vsteer.server.control_resolver import ResolvedControl
+from vsteer.wire import WireProbe, WireSpec
+
+APPLIED = {"hallucination": {"probe": "p", "action": "annotate", "threshold": 0.5,
+                             "per_token": True, "pooling": "last"}}
+
+
+def _resolved() -> ResolvedControl:
+    probe = WireProbe(path="", sha256="", action="annotate", threshold=0.5, per_token=True)
+    return ResolvedControl(WireSpec(rid="r", probe=probe), dict(APPLIED))
+
+
+def _step(n: int, **entries) -> dict:
+    return {"type": "step", "step": n, "batch": 2, "requests": entries}
+
+
+def test_a_complete_report_has_every_token_and_no_error():
+    book = ResultBook()
+    book.add_step(_step(1, **{"r:0": {"sampled": 1, "probe": {
+        "score": 0.7, "fired": True, "action": "annotate"}, "token_scores": [0.1]}}))
+    book.add_step(_step(2, **{"r:0": {"sampled": 1, "token_scores": [0.2]}}))
+    rep = asyncio.run(ControlReporter(book, 30).final(_resolved(), 2))
+    assert rep["hallucination"]["score"] == 0.7 and rep["hallucination"]["triggered"]
+    assert rep["hallucination"]["token_scores"] == [0.1, 0.2]
+    assert rep["request_id"] == "r" and "errors" not in rep
+
+
+def test_n_choices_are_reported_apart():
+    book = ResultBook()
+    book.add_step(_step(1, **{f"r:{c}": {"sampled": 1, "probe": {
+        "score": 0.2, "fired": False, "action": "annotate"}, "token_scores": [c / 10]}
+        for c in range(2)}))
+    book.add_step(_step(2, **{"r:1": {"sampled": 1, "token_scores": [0.5]}}))
+    rep = asyncio.run(ControlReporter(book, 30).final(_resolved(), 3, n=2))
+    assert [c["hallucination"]["token_scores"] for c in rep["choices"]] == [[0.0],
+                                                                             [0.1, 0.5]]
+
+
+def test_a_silent_worker_gives_a_coded_error_not_a_silent_null(monkeypatch):
+    monkeypatch.setattr(control_report, "REPORT_DEADLINE_S", 0.2)
+    book = ResultBook()
+    book.add_step(_step(1, **{"r:0": {"sampled": 1, "token_scores": [0.3]}}))
+    rep = asyncio.run(ControlReporter(book, 30).final(_resolved(), 3))
+    assert rep["hallucination"]["score"] is None
+    (err,) = rep["errors"]
+    assert err["code"] == INCOMPLETE
+    assert "hallucination probe score" in err["message"] and "2 of 3 tokens" in err["message"]
+
+
+@pytest.mark.parametrize("code", ["control_not_applied"])
+def test_a_request_the_worker_could_not_set_up_reports_at_once(code):
+    book = ResultBook()
+    book.add_step(_step(1, **{"r:0": {"sampled": 0, "errors": [
+        {"code": code, "message": "no control of this request was applied: x"}]}}))
+    rep = asyncio.run(asyncio.wait_for(ControlReporter(book, 30).final(_resolved(), 5), 5))
+    assert rep["errors"] == [{"code": code,
+                              "message": "no control of this request was applied: x"}]
