@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def add_exit_commands(sub: argparse._SubParsersAction) -> None:
-    ex = sub.add_parser("exit", help="early exit: train exit predictors")
+    ex = sub.add_parser("exit", aliases=["early-exit"], help="early exit: train exit predictors")
     acts = ex.add_subparsers(metavar="ACTION")
     tr = acts.add_parser("train", help="fit and calibrate per-layer exit predictors")
     tr.add_argument("--model", default="default")

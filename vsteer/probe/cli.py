@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 def add_probe_commands(sub: argparse._SubParsersAction) -> None:
-    pr = sub.add_parser("probe", help="hallucination probes: data, training")
+    pr = sub.add_parser("probe", aliases=["hallucination"],
+                        help="hallucination probes: data, training")
     acts = pr.add_subparsers(metavar="ACTION")
 
     ds = acts.add_parser("dataset", help="build a labelled closed-book QA set")
@@ -39,7 +40,8 @@ def add_probe_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def add_probe_eval(evals: argparse._SubParsersAction) -> None:
-    ev = evals.add_parser("probe", help="AUROC, abstention and accuracy on held-out questions")
+    ev = evals.add_parser("probe", aliases=["hallucination"],
+                          help="AUROC, abstention and accuracy on held-out questions")
     ev.add_argument("--model", default="default")
     ev.add_argument("--artifacts", type=Path, default=None)
     ev.add_argument("--probe", default=None, help="the probe to evaluate (not with --loso)")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from vsteer_projection_clamp.op import clamp_apply, clamp_reference
+from vsteer_projection_clamp.op import clamp_apply, clamp_reference, clamp_rows
 
 
 def _case(dtype: torch.dtype):
@@ -40,6 +40,9 @@ def test_the_op_equals_its_reference(dtype, layer):
     assert torch.equal(got[untouched], args[0][untouched])  # bit for bit
     if layer == 1:
         assert torch.equal(got, args[0])
+    graph_safe = args[0].clone()  # the CUDA path: no host flag, same result
+    clamp_rows(graph_safe, *args[1:7], layer)
+    assert torch.equal(graph_safe, got)
 
 
 def test_clamped_components_land_in_the_band():

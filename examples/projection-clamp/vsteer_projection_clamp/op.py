@@ -2,7 +2,7 @@
 step, as one custom op (opaque to torch.compile, mutates `hidden` in place).
 
 Semantics (x[t] = hidden[t] + residual[t] is the stream at layer `layer`):
-    if active[0] == 0: return                     # host-side count, no device sync
+    if active[0] == 0: return      # CPU only: a host-side count (CUDA replays graphs)
     for t in range(T):
         r = token_row[t]
         if r < 0: continue                        # not clamped, bit for bit
@@ -42,10 +42,17 @@ def clamp_reference(hidden, residual, token_row, row_dir, row_lo, row_hi, dirs, 
 
 def clamp_apply(hidden, residual, token_row, row_dir, row_lo, row_hi, dirs, active,
                 layer: int) -> None:
-    """Vectorized over the step's tokens (CPU and CUDA alike); no read-back: tokens
-    the clamp does not move keep their bits through a select, not an add of 0."""
+    """CPU: vectorized over the step's tokens, skipping idle steps on the host count."""
     if int(active[0]) == 0:
         return
+    clamp_rows(hidden, residual, token_row, row_dir, row_lo, row_hi, dirs, layer)
+
+
+def clamp_rows(hidden, residual, token_row, row_dir, row_lo, row_hi, dirs, layer: int
+               ) -> None:
+    """The clamp with no host branch (CUDA: a captured graph replays every step, so the
+    rows, not a host flag, say who is clamped); no read-back. Tokens the clamp does
+    not move keep their bits through a select, not an add of 0."""
     T = hidden.shape[0]
     rows = token_row[:T].long()  # [T]
     on = rows >= 0
@@ -64,6 +71,11 @@ def _fake(hidden, residual, token_row, row_dir, row_lo, row_hi, dirs, active, la
     return None
 
 
+def _clamp_apply_cuda(hidden, residual, token_row, row_dir, row_lo, row_hi, dirs, active,
+                      layer):
+    clamp_rows(hidden, residual, token_row, row_dir, row_lo, row_hi, dirs, layer)
+
+
 LIB.impl("clamp_apply", clamp_apply, "CPU")
-LIB.impl("clamp_apply", clamp_apply, "CUDA")
+LIB.impl("clamp_apply", _clamp_apply_cuda, "CUDA")  # not run here: no GPU was lent
 torch.library.register_fake("vsteer_clamp::clamp_apply", _fake, lib=LIB)
