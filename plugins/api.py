@@ -47,6 +47,9 @@ class ControlSetupError(Exception):
 class Resolution:
     wire: dict[str, Any]  # JSON values the worker's setup gets
     applied: dict[str, Any]  # echoed in the response (control.<name>) with the report
+    # The control must see every prompt token of its own request computed (not read
+    # from vLLM's prefix cache): the request's KV blocks are then never shared.
+    private_prefill: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class ResolveContext:
     param: str  # the request's JSON path of this control, "control.<name>"
     max_abs_scale: float  # the operator's (and tenant's) bound on any scale
     load_vector: Callable[[str, str], StoredVector]  # (name, param): tenant policy applied
+    max_model_len: int = 0  # the engine's context length (prompt + generated tokens)
+    max_tokens: int | None = None  # the request's own generation limit, if it set one
 
     def error(self, message: str, field: str | None = None, code: str = "invalid_value"):
         """The 400 to raise for this control's `field` (OpenAI error shape)."""

@@ -25,6 +25,7 @@ NOT_APPLIED = "control_not_applied"  # the worker set up none of the request's c
 
 @dataclass(frozen=True)
 class Expect:
+    seen: bool = False  # the first step's report (the worker's setup verdict) is in
     decision: bool = False  # a refusal guard / controller decision
     probe: bool = False  # an in-prefill hallucination-probe score
     tokens: int = 0  # this many sampled tokens (their per-token records with them)
@@ -50,6 +51,8 @@ class ChoiceResults:
         if self.not_applied:
             return []
         out = []
+        if expect.seen and not self.steps:
+            out.append("the worker's report of its first step")
         if expect.decision and self.decision is None:
             out.append("refusal decision")
         if expect.probe and self.probe is None:

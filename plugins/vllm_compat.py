@@ -423,9 +423,20 @@ async def listen_for_disconnect(raw_request: Any) -> None:
     await listen(raw_request)
 
 
-def shutdown_offline_engine(llm: Any) -> None:
-    """Stop an offline `LLM`'s engine core now, not at interpreter exit."""
-    llm.llm_engine.engine_core.shutdown()
+def shutdown_offline_engine(llm: Any, attempts: int = 3) -> None:
+    """Stop an offline `LLM`'s engine core now, not at interpreter exit. vLLM 0.32's
+    kill_process_tree asks psutil for the name of each child it kills, which raises
+    NoSuchProcess when that child has just exited (a race seen in CI); the processes
+    still alive are then killed by trying again."""
+    import psutil
+
+    for attempt in range(attempts):
+        try:
+            llm.llm_engine.engine_core.shutdown()
+            return
+        except psutil.NoSuchProcess:
+            if attempt == attempts - 1:
+                raise
 
 
 def logits_processor_api() -> tuple[type, Any]:

@@ -95,7 +95,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 store = ArtifactStore(cfg.artifacts)
                 admission = SlotAdmission(cfg.max_steer_slots)
                 resolver = ControlResolver(store, fingerprint, cfg.max_abs_scale,
-                                           bool(hello.get("layer_skip")))
+                                           bool(hello.get("layer_skip")),
+                                           max_model_len=engine.model_config.max_model_len)
                 app.state.vsteer = VsteerState(
                     Auth(cfg.api_keys, cfg.admin_key, policy, cfg.rate_limit), store,
                     fingerprint,

@@ -33,7 +33,7 @@ class ControlReporter:
     def expect(self, resolved: ResolvedControl, tokens: int = 0) -> Expect:
         w = resolved.wire
         counted = (w.probe is not None and w.probe.per_token) or w.early_exit is not None
-        return Expect(decision=w.decide is not None, probe=w.probe is not None,
+        return Expect(seen=True, decision=w.decide is not None, probe=w.probe is not None,
                       tokens=tokens if counted else 0)
 
     async def probe(self, resolved: ResolvedControl) -> dict[str, Any] | None:

@@ -30,6 +30,7 @@ from vsteer.wire import MAX_STEER_ENTRIES, WireSpec, WireSteer, encode, steer_en
 class ResolvedControl:
     wire: WireSpec
     applied: dict[str, Any]  # echoed back in the response's `control`
+    private_prefill: bool = False  # an installed control must compute every prompt token
 
     @property
     def active(self) -> bool:
@@ -60,7 +61,8 @@ class ResolvedControl:
         w = self.wire
         mean_probe = w.probe is not None and self.applied["hallucination"]["pooling"] == "mean"
         exits = w.early_exit is not None and w.early_exit.mode == "exit"
-        body = encode(WireSpec(rid=w.rid if mean_probe or exits else "", steer=w.steer,
+        private = mean_probe or exits or self.private_prefill
+        body = encode(WireSpec(rid=w.rid if private else "", steer=w.steer,
                                decide=w.decide, probe=w.probe, plugins=w.plugins)).encode()
         return "vsteer-" + hashlib.sha256(body).hexdigest()[:32]
 
@@ -68,14 +70,17 @@ class ResolvedControl:
 class ControlResolver:
     def __init__(self, store: ArtifactStore, fingerprint: ModelFingerprint,
                  max_abs_scale: float, layer_skip: bool = False,
-                 controls: dict[str, Control] | None = None) -> None:
+                 controls: dict[str, Control] | None = None, max_model_len: int = 0
+                 ) -> None:
         self.controls = installed_controls() if controls is None else controls
+        self.max_model_len = max_model_len
         self.store = store
         self.fingerprint = fingerprint
         self.max_abs_scale = max_abs_scale
         self.layer_skip = layer_skip  # the worker can skip layers (early exit 'exit')
 
-    def resolve(self, raw: Any, who: Principal = OPERATOR) -> ResolvedControl:
+    def resolve(self, raw: Any, who: Principal = OPERATOR, max_tokens: int | None = None
+                ) -> ResolvedControl:
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -90,7 +95,8 @@ class ControlResolver:
         bound = self.max_abs_scale
         if who.tenant is not None and who.tenant.policy.max_abs_scale is not None:
             bound = min(bound, who.tenant.policy.max_abs_scale)
-        plugins, plugin_applied = self._resolve_installed(own, who, bound)
+        plugins, plugin_applied, private = self._resolve_installed(own, who, bound,
+                                                                   max_tokens)
         rid = uuid.uuid4().hex
         steer: list[WireSteer] = []
         applied: dict[str, Any] = {}
@@ -139,14 +145,16 @@ class ControlResolver:
                            "probe)", param="control", code="too_many_slots")
         applied.update(plugin_applied)
         return ResolvedControl(WireSpec(rid=rid, steer=steer, decide=decide, probe=probe,
-                                        early_exit=early_exit, plugins=plugins), applied)
+                                        early_exit=early_exit, plugins=plugins), applied,
+                               private)
 
-    def _resolve_installed(self, raw: dict[str, Any], who: Principal, bound: float
-                           ) -> tuple[dict[str, str], dict[str, Any]]:
+    def _resolve_installed(self, raw: dict[str, Any], who: Principal, bound: float,
+                           max_tokens: int | None) -> tuple[dict[str, str], dict[str, Any], bool]:
         """The installed controls (plugins/api.py) the request names: their wire (JSON
         text for the worker) and what each reports as applied."""
         wires: dict[str, str] = {}
         applied: dict[str, Any] = {}
+        private = False
         for name, value in raw.items():
             control = self.controls[name]
             param = f"control.{name}"
@@ -154,12 +162,13 @@ class ControlResolver:
                 request = control.schema.model_validate(value)
             except ValidationError as e:
                 raise pydantic_errors_to_api_error(e, param) from None
-            ctx = ResolveContext(self.fingerprint, param, bound,
-                                 partial(self._vector, who))
+            ctx = ResolveContext(self.fingerprint, param, bound, partial(self._vector, who),
+                                 self.max_model_len, max_tokens)
             res = control.resolve(request, ctx)
             wires[name] = json.dumps(res.wire)
             applied[name] = res.applied
-        return wires, applied
+            private |= res.private_prefill
+        return wires, applied, private
 
     def _vector(self, who: Principal, name: str, param: str) -> StoredVector:
         stored = load_artifact(self.store, self.fingerprint, "vector", name, param, who)

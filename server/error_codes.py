@@ -30,6 +30,7 @@ ERROR_CODES = frozenset({
     "max_error_unattainable",  # a max_error the probe's risk calibration cannot promise
     "target_agreement_unattainable",  # above the exit predictor's highest calibrated target
     "too_many_slots",  # more steering slots than the server has
+    "capture_too_large",  # a capture above the server's bytes per reply
     "not_supported",  # the server's configuration cannot do it (exit without eager mode)
     "unsupported_combination",  # two features that cannot be served together
     "unknown_request",  # 404: no trace of that control.request_id (unknown or aged out)

@@ -74,6 +74,14 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """`openapi_extra` for a route whose JSON body `model` describes."""
+    """`openapi_extra` for a route whose JSON body `model` describes; `control` also
+    lists the installed controls' keys (plugins/api.py), each with its own schema."""
+    from vsteer.plugins.control_registry import installed_controls
+
+    schema = _inline(model.model_json_schema())
+    if "control" in schema.get("properties", {}):
+        control = schema["properties"]["control"]["anyOf"][0]
+        for name, c in installed_controls().items():
+            control["properties"][name] = _inline(c.schema.model_json_schema())
     return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": _inline(model.model_json_schema())}}}}
+        "application/json": {"schema": schema}}}}

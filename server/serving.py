@@ -69,7 +69,8 @@ class ControlledServing:
                      who: Principal, responses_api: bool = False) -> Response:
         try:
             body = await read_json_object(raw)
-            resolved = self.resolver.resolve(body.pop("control", None), who)
+            resolved = self.resolver.resolve(body.pop("control", None), who,
+                                             _max_tokens(body))
             self._check_abstain(body, resolved)
             if responses_api:
                 check_responses_body(body, resolved)
@@ -302,6 +303,15 @@ class ControlledServing:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()  # abort the engine request now if the client left
+
+
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    """The request's own generation limit (chat, completions or responses), if set."""
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        v = body.get(key)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
 
 
 def _client_error(e: Exception) -> APIError:

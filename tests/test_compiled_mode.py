@@ -100,3 +100,25 @@ def test_the_example_control_runs_inside_compiled_graphs(server, compiled_server
     cases = [(p, wide), (p, pinned), (PROMPTS[1], None)]
     solo = [text(ask(compiled_server, q, c)) for q, c in cases]
     assert ask_together(compiled_server, cases) == solo
+
+
+def test_capture_runs_inside_compiled_graphs(server, compiled_server):
+    """control.capture copies rows into a preallocated buffer from inside the traced
+    graph: the compiled server's capture equals the eager server's."""
+    import base64
+
+    import numpy as np
+
+    cap = {"capture": {"layers": [2, 14], "positions": "all"}}
+    comp, eager = ask(compiled_server, PROMPTS[2], cap), ask(server, PROMPTS[2], cap)
+    assert text(comp) == text(eager)
+
+    def arr(r):
+        c = r["control"]["capture"]
+        return np.frombuffer(base64.b64decode(c["data"]), "<f4").reshape(c["shape"])
+
+    a, b = arr(comp), arr(eager)
+    usage = comp["usage"]
+    assert a.shape == b.shape == (2, usage["prompt_tokens"] + usage["completion_tokens"] - 1,
+                                  576)
+    assert np.abs(a - b).max() <= 2e-3 * np.abs(b).max()

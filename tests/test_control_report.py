@@ -68,3 +68,28 @@ def test_a_request_the_worker_could_not_set_up_reports_at_once(code):
     rep = asyncio.run(asyncio.wait_for(ControlReporter(book, 30).final(_resolved(), 5), 5))
     assert rep["errors"] == [{"code": code,
                               "message": "no control of this request was applied: x"}]
+
+
+def test_a_steering_only_report_waits_for_the_workers_setup_verdict():
+    """No measured part, but the first step's message says whether the worker applied
+    the control at all (a vector deleted after validation): the report waits for it."""
+    from vsteer.wire import WireSteer
+
+    entry = WireSteer(key="k", path="", sha256="", layers=[1], scale=1.0, op="add",
+                      positions="all")
+    resolved = ResolvedControl(WireSpec(rid="s", steer=[entry]), {"steer": [{}]})
+    book = ResultBook()
+
+    async def main():
+        async def later():
+            await asyncio.sleep(0.2)
+            book.add_step(_step(1, **{"s:0": {"sampled": 1, "errors": [
+                {"code": "control_not_applied", "message": "vector gone"}]}}))
+
+        task = asyncio.create_task(later())
+        rep = await ControlReporter(book, 30).final(resolved, 4)
+        await task
+        return rep
+
+    rep = asyncio.run(main())
+    assert rep["errors"] == [{"code": "control_not_applied", "message": "vector gone"}]

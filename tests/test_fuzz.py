@@ -46,7 +46,9 @@ def test_spec_documents_the_request_bodies(server):
     chat = paths["/v1/chat/completions"]["post"]["requestBody"]["content"]
     props = chat["application/json"]["schema"]["properties"]
     assert {"model", "messages", "control"} <= set(props)
-    assert "steer" in props["control"]["anyOf"][0]["properties"]
+    control = props["control"]["anyOf"][0]["properties"]
+    assert {"steer", "refusal", "capture", "projection_clamp"} <= set(control)  # installed too
+    assert control["projection_clamp"]["additionalProperties"] is False
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE],

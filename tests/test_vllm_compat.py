@@ -123,6 +123,26 @@ def test_offline_engine_shutdown_path():
     assert callable(EngineCoreClient.shutdown)
 
 
+def test_offline_shutdown_survives_a_child_that_exits_while_being_killed():
+    """vLLM's kill_process_tree names each child (psutil) before killing it; one that
+    exits in between raises NoSuchProcess out of shutdown(): it is tried again."""
+    import psutil
+    from vllm.utils import system_utils
+
+    assert "child.name()" in inspect.getsource(system_utils.kill_process_tree)
+    calls = []
+
+    class Core:
+        def shutdown(self):
+            calls.append(1)
+            if len(calls) == 1:
+                raise psutil.NoSuchProcess(123)
+
+    llm = type("LLM", (), {"llm_engine": type("E", (), {"engine_core": Core()})()})()
+    compat.shutdown_offline_engine(llm)
+    assert len(calls) == 2
+
+
 def test_a_vsteer_engine_selects_the_v1_runner(monkeypatch):
     import os
 
