@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from chat_api import ask, ask_together_full, assert_shared_steps, body_for, text
+from chat_api import ask, ask_together_shared, body_for, text
 from conftest import API_KEY, MODEL_NAME
 from prompts import NEUTRAL
 
@@ -91,8 +91,7 @@ def test_a_capturing_request_leaves_its_batch_untouched(server):
     wide = {"projection_clamp": {"vector": "joyful", "lo": -1e6, "hi": 1e6}}  # traced
     cases = [(NEUTRAL[0], cap), (NEUTRAL[1], wide), (NEUTRAL[0], None)]
     solo = [text(ask(server, p, c)) for p, c in cases]
-    together = ask_together_full(server, cases)
-    assert_shared_steps(server, together)
+    together = ask_together_shared(server, cases)  # proven to share steps
     assert [text(r) for r in together] == solo
     shape = together[0]["control"]["capture"]["shape"]
     usage = together[0]["usage"]
