@@ -130,8 +130,7 @@ class StepJobs:
             if coeff:
                 write_force(d.source_slot, d.target_slot, coeff, self.slots.vectors,
                             self.slots.inv_norms)
-            report.entry(rc.spec.rid, rc.choice)["decision"] = {
-                "kind": d.wire.kind, "score": d.score, "fired": d.fired}
+            self._decided(rc, report, d.score, d.fired)
             return bool(coeff)
         a, b, final = hj.args
         run = rc.probe

@@ -30,11 +30,16 @@ class ControlReporter:
         self.num_layers = num_layers
         self.controls = controls or {}  # installed controls (plugins/api.py)
 
+    @staticmethod
+    def _per_token_records(resolved: ResolvedControl) -> bool:
+        """Whether the reply carries a record per token (per-token scores, exits)."""
+        w = resolved.wire
+        return (w.probe is not None and w.probe.per_token) or w.early_exit is not None
+
     def expect(self, resolved: ResolvedControl, tokens: int = 0) -> Expect:
         w = resolved.wire
-        counted = (w.probe is not None and w.probe.per_token) or w.early_exit is not None
         return Expect(seen=True, decision=w.decide is not None, probe=w.probe is not None,
-                      tokens=tokens if counted else 0)
+                      tokens=tokens if self._per_token_records(resolved) else 0)
 
     async def probe(self, resolved: ResolvedControl) -> dict[str, Any] | None:
         """The in-prefill probe result of the reply's first choice (abstain reads it
@@ -61,9 +66,9 @@ class ControlReporter:
         rid = resolved.wire.rid
         expects = {c: self.expect(resolved, completion_tokens if n == 1 else 0)
                    for c in range(n)}
-        got = await self.book.wait_async(rid, expects, REPORT_DEADLINE_S,
-                                         total_tokens=completion_tokens
-                                         if n > 1 and self.expect(resolved, 1).tokens else 0)
+        # n > 1: the reply's token count is over all its choices
+        total = completion_tokens if n > 1 and self._per_token_records(resolved) else 0
+        got = await self.book.wait_async(rid, expects, REPORT_DEADLINE_S, total_tokens=total)
         self.book.pop(rid)
         errors: list[dict[str, str]] = []
         parts = [self._measured(resolved, got[c], expects[c], completion_tokens, errors)

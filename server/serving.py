@@ -134,27 +134,14 @@ class ControlledServing:
                 resolved, usage.get("completion_tokens") or 0, resolved.wire.n)
             self._count_usage(data.get("usage"))
             return JSONResponse(data)
-        async def cleanup() -> None:  # also when the stream never started
-            release()
-            aclose = getattr(result, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-        return ClosingStreamingResponse(self._stream(result, resolved, wants_usage, release),
-                                        cleanup, media_type="text/event-stream")
+        return _event_stream(self._stream(result, resolved, wants_usage, release), result,
+                             release)
 
     async def _responses_result(self, result: Any, resolved: ResolvedControl,
                                 release: Callable[[], None]) -> Response:
         if hasattr(result, "__aiter__"):
-            async def cleanup() -> None:
-                release()
-                aclose = getattr(result, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-
-            return ClosingStreamingResponse(
-                responses_stream(result, resolved, self.reporter, release, self._count_usage),
-                cleanup, media_type="text/event-stream")
+            return _event_stream(responses_stream(result, resolved, self.reporter, release,
+                                                  self._count_usage), result, release)
         release()
         data = result.model_dump(mode="json", by_alias=True)
         if _abstained(await self.reporter.probe(resolved)):
@@ -303,6 +290,20 @@ class ControlledServing:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()  # abort the engine request now if the client left
+
+
+def _event_stream(body: AsyncIterator[str], upstream: Any, release: Callable[[], None]
+                  ) -> ClosingStreamingResponse:
+    """An SSE response whose cleanup releases the slots and closes vLLM's stream (and
+    so aborts its engine request) however the ASGI call ends, also before the first
+    chunk."""
+    async def cleanup() -> None:
+        release()
+        aclose = getattr(upstream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    return ClosingStreamingResponse(body, cleanup, media_type="text/event-stream")
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:
