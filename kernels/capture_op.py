@@ -2,7 +2,7 @@
 layer into a preallocated staging buffer (the `capture` control; no read-back).
 
 Semantics (x[t] = hidden[t] + residual[t], the stream after layer `layer`):
-    if active[0] == 0: return              # CPU only: a host-side count
+    if active[layer] == 0: return          # CPU only: host-side rows per layer
     for t in range(T):
         r = index[layer, t]                # staging row of (token t, this layer)
         if r >= 0: stage[r] = float32(x[t])
@@ -21,7 +21,7 @@ LIB.define("capture_rows(Tensor hidden, Tensor? residual, Tensor index, Tensor(a
 
 def capture_rows_reference(hidden, residual, index, stage, active, layer: int) -> None:
     """The semantics above, token by token (the oracle)."""
-    if int(active[0]) == 0:
+    if int(active[layer]) == 0:
         return
     for t in range(hidden.shape[0]):
         r = int(index[layer, t])
@@ -41,7 +41,7 @@ def capture_rows_graph_safe(hidden, residual, index, stage, layer: int) -> None:
 
 
 def _capture_rows_cpu(hidden, residual, index, stage, active, layer):
-    if int(active[0]):
+    if int(active[layer]):
         capture_rows_graph_safe(hidden, residual, index, stage, layer)
 
 

@@ -37,7 +37,8 @@ class CaptureWorker(WorkerControl):
         self.index = HostDeviceBuffer(torch.full((L, T), -1, dtype=torch.int32), ctx.device)
         self.stage = torch.zeros(self.capacity + 1, H, dtype=torch.float32,
                                  device=ctx.device)  # [R + 1, H], last row: trash
-        self.active = torch.zeros(1, dtype=torch.int64)  # CPU: rows captured this step
+        self.active = torch.zeros(L, dtype=torch.int64)  # CPU: [L] rows captured per layer
+        self._active = self.active.numpy()
         self.fence = UploadFence(ctx.device)
         self._touched: list[tuple[int, int, int]] = []  # (layer, a, b) written last step
 
@@ -53,6 +54,7 @@ class CaptureWorker(WorkerControl):
         for la, a, b in self._touched:
             idx[la, a:b] = -1
         self._touched = []
+        self._active[:] = 0
         used = 0
         for r in rows:
             st: CaptureState = r.state
@@ -68,11 +70,11 @@ class CaptureWorker(WorkerControl):
             for j, la in enumerate(st.layers):
                 idx[la, a:b] = np.arange(used + j * k, used + (j + 1) * k)
                 self._touched.append((la, a, b))
+                self._active[la] += k
             st.rows = (used, k)
             used += m * k
         self.index.upload(self.ctx.num_layers)
         self.fence.record()
-        self.active[0] = used
 
     @staticmethod
     def _rows(r: RequestRows, st: CaptureState) -> tuple[int, int]:
@@ -92,8 +94,8 @@ class CaptureWorker(WorkerControl):
 
     def on_layer(self, layer: int, hidden: torch.Tensor, residual: torch.Tensor | None
                  ) -> None:
-        if self.ctx.eager and not int(self.active[0]):
-            return
+        if self.ctx.eager and not int(self.active[layer]):
+            return  # not traced: a layer nobody captures costs one Python check
         torch.ops.vsteer.capture_rows(hidden, residual, self.index.device, self.stage,
                                       self.active, layer)
 
