@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from vsteer.kernels.steer_reference import OP_CODES
 from vsteer.plugins.decision import Decision
 from vsteer.plugins.early_exit import ExitRun
+from vsteer.plugins.position_window import Segment, Span, segments, span
 from vsteer.plugins.probe_control import ProbeRun
 from vsteer.wire import WireSpec
 
@@ -19,10 +20,9 @@ class RequestControls:
     num_prompt_tokens: int
     choice: int = 0  # which of the reply's `n` choices this engine request is
     keys: list[str] = field(default_factory=list)  # slot keys this request pins
-    prompt_entries: list[Entry] = field(default_factory=list)
-    generated_entries: list[Entry] = field(default_factory=list)
-    prompt_row: int = -1  # rows in the token plan, allocated when first needed
-    generated_row: int = -1
+    spans: list[tuple[Entry, Span]] = field(default_factory=list)  # per steering entry
+    # positions -> entries, one token-plan row each (allocated when first needed)
+    segments: list[Segment] = field(default_factory=list)
     decision: Decision | None = None  # guard / controller, decided in prefill
     probe: ProbeRun | None = None  # hallucination probe, scored in prefill (and per token)
     exit: ExitRun | None = None  # early exit, at each row that samples a token
@@ -30,10 +30,10 @@ class RequestControls:
     told_unscored: bool = False  # its report says some token scores are missing
     plugins: dict[str, object] = field(default_factory=dict)  # installed control -> state
 
-    def add_entry(self, key: str, slot: int, scale: float, op: str, positions: str) -> None:
-        entry = (slot, scale, OP_CODES[op])
+    def add_entry(self, key: str, slot: int, scale: float, op: str, positions: str,
+                  window: tuple[int, int | None] | None = None) -> None:
+        """Steer with `slot` on `positions` (plugins/position_window.py)."""
         self.keys.append(key)
-        if positions in ("all", "prompt"):
-            self.prompt_entries.append(entry)
-        if positions in ("all", "generated"):
-            self.generated_entries.append(entry)
+        self.spans.append(((slot, scale, OP_CODES[op]),
+                           span(positions, window, self.num_prompt_tokens)))
+        self.segments = segments(self.spans)

@@ -45,7 +45,7 @@ class RequestSetup:
                 rc.errors.append(f"steering vector {e.key} not applied: {err}")
                 continue
             pinned.add(e.key)
-            rc.add_entry(e.key, slot, e.scale, e.op, e.positions)
+            rc.add_entry(e.key, slot, e.scale, e.op, e.positions, e.window)
         if spec.decide is not None:
             self._setup_decision(rc, spec.decide, pinned)
         if spec.probe is not None:

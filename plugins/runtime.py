@@ -56,7 +56,9 @@ class ControlRuntime:
                                             shape.num_layers)
         self.slots = SlotTable(int(cfg.get("max_steer_slots", 32)), shape.num_layers,
                                shape.hidden_size, shape.dtype, shape.device)
-        self.plan = TokenPlan(shape.max_num_tokens, 2 * shape.max_num_reqs,
+        # rows: one per steering segment (plugins/position_window.py) a request is
+        # in; most hold one, windows add a few, and rows behind a request are freed
+        self.plan = TokenPlan(shape.max_num_tokens, 4 * shape.max_num_reqs,
                               int(cfg.get("max_entries", MAX_STEER_ENTRIES)), shape.device)
         # per scheduled request at most a guard, a probe chunk and a per-token score;
         # accumulators: a mean-pooled probe and a linear guard's window each hold one
@@ -190,16 +192,16 @@ class ControlRuntime:
         for part in step.parts:
             rc = self.requests[part.rid]
             self.report.entry(rc.spec.rid, part.choice)["sampled"] = int(part.samples)
+            for seg in self.requests[part.rid].segments:
+                if seg.hi is not None and seg.hi <= part.p and seg.row >= 0:
+                    # behind this request (unused this step; a recompute re-allocates)
+                    self.plan.free_row(seg.row)
+                    seg.row = -1
         for w in step.rows:
-            rc = self.requests[w.rid]
-            if w.generated:
-                if rc.generated_row < 0:
-                    rc.generated_row = self._alloc_row(rc.generated_entries, scheduled)
-                self.plan.assign(w.start, w.end, rc.generated_row)
-            else:
-                if rc.prompt_row < 0:
-                    rc.prompt_row = self._alloc_row(rc.prompt_entries, scheduled)
-                self.plan.assign(w.start, w.end, rc.prompt_row)
+            seg = self.requests[w.rid].segments[w.segment]
+            if seg.row < 0:
+                seg.row = self._alloc_row(seg.entries, scheduled)
+            self.plan.assign(w.start, w.end, seg.row)
         for pg in step.progress:
             run = getattr(self.requests[pg.rid], pg.target)
             run.acc_n, run.done = pg.acc_n, pg.done
@@ -256,9 +258,9 @@ class ControlRuntime:
         return self.plan.alloc_row(entries)
 
     def _free_rows_of(self, rc: RequestControls) -> None:
-        self.plan.free_row(rc.prompt_row)
-        self.plan.free_row(rc.generated_row)
-        rc.prompt_row = rc.generated_row = -1
+        for seg in rc.segments:
+            self.plan.free_row(seg.row)
+            seg.row = -1
 
     def _forget_finished(self, runner) -> None:
         if not self.requests:

@@ -11,7 +11,9 @@ recompute, decode beside another request's prefill, `n > 1`, early exit with per
 scores) is unit-tested on synthetic steps (tests/test_step_planner.py), without vLLM.
 
 Rows of request i in this step: a..b (token rows), positions p..p+(b-a); rows a..split
-are prompt tokens, split..b generated ones. The step samples a token for the request
+are prompt tokens, split..b generated ones. Steering reads positions, not rows: each of
+the request's segments (plugins/position_window.py) covers the rows whose positions it
+holds. The step samples a token for the request
 iff its last scheduled position reaches every token it has (prompt + output): a
 recompute after preemption, or a non-final prefill chunk, samples nothing.
 """
@@ -43,12 +45,13 @@ class Part:
 
 @dataclass(frozen=True)
 class RowWrite:
-    """Token rows [start, end) read the request's prompt (or generated) entry row."""
+    """Token rows [start, end) read the row of the request's steering segment `segment`
+    (RequestControls.segments; plugins/position_window.py)."""
 
     rid: str
     start: int
     end: int
-    generated: bool
+    segment: int
 
 
 @dataclass(frozen=True)
@@ -117,10 +120,10 @@ def plan_step(view: StepView, requests: Mapping[str, RequestControls | None]) ->
         samples = p + (b - a) >= max(int(view.num_tokens[i]), n_prompt)
         part = Part(rid, rc.choice, a, b, p, split, samples)
         plan.parts.append(part)
-        if split > a and rc.prompt_entries:
-            plan.rows.append(RowWrite(rid, a, split, False))
-        if b > split and rc.generated_entries:
-            plan.rows.append(RowWrite(rid, split, b, True))
+        for k, seg in enumerate(rc.segments):
+            hit = seg.overlap(p, b - a)
+            if hit is not None:
+                plan.rows.append(RowWrite(rid, a + hit[0], a + hit[1], k))
         er = rc.exit
         if er is not None and samples:
             plan.exit_rows.append((rid, b - 1))

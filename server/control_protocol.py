@@ -2,11 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from vsteer.wire import MAX_STEER_ENTRIES
+
+
+class PositionWindow(BaseModel):
+    """Tokens [a, b) of the prompt or of the reply: `{"prompt": [0, 4]}`, `{"prompt":
+    [-3, null]}` (the last three prompt tokens), `{"generated": [2, 10]}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: tuple[int, int | None] | None = None
+    generated: tuple[int, int | None] | None = None
+
+
+def _check_positions(v: Any) -> Any:
+    """Clear messages for the shapes pydantic's union would report as a list of misses."""
+    if isinstance(v, str):
+        if v not in NAMED_POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(NAMED_POSITIONS)} or a "
+                             "window such as {\"prompt\": [0, 4]}")
+        return v
+    if not isinstance(v, dict) or len(v) != 1 or next(iter(v)) not in ("prompt",
+                                                                       "generated"):
+        raise ValueError('a window is {"prompt": [a, b]} or {"generated": [a, b]}')
+    part, bounds = next(iter(v.items()))
+    if (not isinstance(bounds, list | tuple) or len(bounds) != 2
+            or type(bounds[0]) is not int
+            or not (bounds[1] is None or type(bounds[1]) is int)):
+        raise ValueError(f"{part}: [a, b] with integers a and b (b null: to the end)")
+    a, b = bounds
+    if part == "generated" and (a < 0 or (b is not None and b < 0)):
+        raise ValueError("generated windows count from the first generated token (0); "
+                         "a reply's end is not known while it is generated")
+    if b is not None and (a < 0) == (b < 0) and b <= a:
+        raise ValueError(f"{part} window [{a}, {b}) is empty")
+    return v
+
+
+NAMED_POSITIONS = ("all", "prompt", "generated", "last")
+Positions = Annotated[Literal["all", "prompt", "generated", "last"] | PositionWindow,
+                      BeforeValidator(_check_positions)]
 
 
 class SteerEntry(BaseModel):
@@ -18,8 +57,22 @@ class SteerEntry(BaseModel):
     # (sign: the direction), from the vector's measured dose curve; not with `scale`
     kl: float | None = None
     layers: list[int] | None = Field(default=None, max_length=512)
-    positions: Literal["all", "prompt", "generated"] = "all"
+    # all | prompt | generated | last (the last prompt token) | a window of tokens
+    positions: Positions = "all"
     op: Literal["add", "ablate", "add_normalized"] = "add"
+
+    def wire_positions(self) -> tuple[str, tuple[int, int | None] | None]:
+        """(positions, window) as the worker reads them (vsteer.wire.WireSteer)."""
+        if isinstance(self.positions, str):
+            return self.positions, None
+        if self.positions.prompt is not None:
+            return "prompt", self.positions.prompt
+        return "generated", self.positions.generated
+
+    def positions_json(self) -> str | dict[str, list[int | None]]:
+        if isinstance(self.positions, str):
+            return self.positions
+        return self.positions.model_dump(exclude_none=True, mode="json")
 
 
 class RefusalControl(BaseModel):

@@ -91,13 +91,44 @@ def test_a_recompute_after_preemption_samples_only_when_it_catches_up():
     reqs = {"a": rc}
     short = plan_step(_view(("a", 8, 0, 15)), reqs)
     assert not short.parts[0].samples and short.table_jobs == [] and short.exit_rows == []
-    assert [(w.start, w.end, w.generated) for w in short.rows] == [(0, 8, False)]
+    assert [(w.start, w.end, w.segment) for w in short.rows] == [(0, 8, 0)]
     rest = plan_step(_view(("a", 7, 8, 15)), reqs)
     assert rest.parts[0].samples and rest.exit_rows == [("a", 6)]
-    assert [(w.start, w.end, w.generated) for w in rest.rows] == [(0, 2, False),
-                                                                  (2, 7, True)]
+    assert [(w.start, w.end, w.segment) for w in rest.rows] == [(0, 7, 0)]  # `all`
     (tok,) = rest.table_jobs
     assert tok.result == "token_score" and (tok.job["start"], tok.job["end"]) == (6, 7)
+
+
+def test_position_windows_cover_the_rows_their_positions_are_in():
+    """prompt [2, -1), the last prompt token, generated [1, 3) and `all`, on a 6-token
+    prompt, over a chunked prefill and decode: each row reads the segment of the
+    entries active at its position."""
+    rc = RequestControls(WireSpec(rid="r"), 6)
+    rc.add_entry("w", 0, 1.0, "add", "prompt", (2, -1))
+    rc.add_entry("l", 1, 1.0, "add", "last")
+    rc.add_entry("g", 2, 1.0, "add", "generated", (1, 3))
+    rc.add_entry("a", 3, 1.0, "add", "all")
+    segs = [(s.lo, s.hi, [e[0] for e in s.entries]) for s in rc.segments]
+    assert segs == [(0, 2, [3]), (2, 5, [0, 3]), (5, 6, [1, 3]), (6, 7, [3]),
+                    (7, 9, [2, 3]), (9, None, [3])]
+    reqs = {"r": rc}
+    chunk = plan_step(_view(("r", 4, 0, 6)), reqs)  # positions 0..3
+    assert [(w.start, w.end, w.segment) for w in chunk.rows] == [(0, 2, 0), (2, 4, 1)]
+    rest = plan_step(_view(("r", 2, 4, 6)), reqs)  # 4..5
+    assert [(w.start, w.end, w.segment) for w in rest.rows] == [(0, 1, 1), (1, 2, 2)]
+    # generated token g sits at position 6 + g: g = 0 is outside [1, 3), g = 1, 2 inside
+    assert [w.segment for w in plan_step(_view(("r", 1, 6, 7)), reqs).rows] == [3]
+    assert [w.segment for w in plan_step(_view(("r", 1, 7, 8)), reqs).rows] == [4]
+    assert [w.segment for w in plan_step(_view(("r", 1, 8, 9)), reqs).rows] == [4]
+    assert [w.segment for w in plan_step(_view(("r", 1, 9, 10)), reqs).rows] == [5]
+
+
+def test_a_window_no_position_reaches_steers_nothing():
+    rc = RequestControls(WireSpec(rid="r"), 3)
+    rc.add_entry("w", 0, 1.0, "add", "prompt", (5, 9))  # past a 3-token prompt
+    rc.add_entry("v", 1, 1.0, "add", "prompt", (-2, -2))
+    assert rc.segments == []
+    assert plan_step(_view(("r", 3, 0, 3)), {"r": rc}).rows == []
 
 
 def test_decode_beside_another_requests_prefill():
@@ -106,8 +137,8 @@ def test_decode_beside_another_requests_prefill():
                      reqs)
     assert [(p.rid, p.a, p.b, p.split, p.samples) for p in step.parts] == [
         ("dec", 0, 1, 0, True), ("pre", 4, 14, 14, True)]
-    assert [(w.rid, w.start, w.end, w.generated) for w in step.rows] == [
-        ("dec", 0, 1, True), ("pre", 4, 14, False)]
+    assert [(w.rid, w.start, w.end, w.segment) for w in step.rows] == [
+        ("dec", 0, 1, 0), ("pre", 4, 14, 0)]
     # a controller (no table row) decides on the host at the last prompt token
     assert step.host_jobs == [HostJob("pre", 4, "controller", (13,))]
     assert not step.whole_step_exits

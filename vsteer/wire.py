@@ -19,10 +19,13 @@ class WireSteer(msgspec.Struct, frozen=True):
     layers: list[int]
     scale: float
     op: str  # add | ablate | add_normalized
-    positions: str  # all | prompt | generated
+    positions: str  # all | prompt | generated | last (plugins/position_window.py)
     # "" = a steering vector file; "refusal" = a direction's per-layer refusal tensors;
     # "refusal@<l>" = its layer-l tensor, placed at every layer in `layers`.
     part: str = ""
+    # prompt / generated only: tokens [a, b) of that part (b None: to its end; a prompt
+    # window's negative bounds count from the prompt's end)
+    window: tuple[int, int | None] | None = None
 
 
 class WireDecide(msgspec.Struct, frozen=True):
@@ -98,8 +101,9 @@ def slot_key(name: str, sha256: str, layers: list[int]) -> str:
 
 
 def steer_entry(name: str, sha256: str, path: str, layers: list[int], scale: float,
-                op: str = "add", positions: str = "all", part: str = "") -> WireSteer:
+                op: str = "add", positions: str = "all", part: str = "",
+                window: tuple[int, int | None] | None = None) -> WireSteer:
     """The wire form of one steering entry for the artifact `name` at `path`."""
     key = slot_key(f"{name}#{part}" if part else name, sha256, layers)
     return WireSteer(key=key, path=str(path), sha256=sha256, layers=list(layers), scale=scale,
-                     op=op, positions=positions, part=part)
+                     op=op, positions=positions, part=part, window=window)
