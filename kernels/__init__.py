@@ -1,4 +1,12 @@
 """Custom ops of the control runtime; importing this package registers them:
-torch.ops.vsteer.steer_apply, .score_jobs, .decide and .capture_rows."""
+torch.ops.vsteer.steer_apply, .score_jobs, .decide, .capture_rows, .sae_features and
+.react_apply."""
 
-from vsteer.kernels import capture_op, decide_op, jobs_op, steer_op  # noqa: F401  (registration)
+from vsteer.kernels import (  # noqa: F401  (registration)
+    capture_op,
+    decide_op,
+    jobs_op,
+    react_op,
+    sae_features_op,
+    steer_op,
+)

@@ -25,7 +25,7 @@ class ResolvedRefusal:
 
 LABELS = {"vector": "steering vector", "direction": "refusal direction",
           "controller": "refusal controller", "probe": "hallucination probe",
-          "exit": "exit predictor"}
+          "exit": "exit predictor", "sae": "SAE"}
 
 
 def load_artifact(store: ArtifactStore, fp: ModelFingerprint, kind: str, name: str,

@@ -24,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     from vsteer.early_exit.cli import add_exit_bench, add_exit_commands
     from vsteer.probe.cli import add_probe_commands, add_probe_eval
     from vsteer.refusal.cli import add_refusal_commands, add_refusal_eval
+    from vsteer.sae.cli import add_sae_commands
     from vsteer.vector_cli import add_vector_commands
 
     p = argparse.ArgumentParser(prog="vsteer", description="Inference-time controls for vLLM.")
@@ -36,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     add_vector_commands(sub)
     add_refusal_commands(sub)
     add_probe_commands(sub)
+    add_sae_commands(sub)
     evals = sub.add_parser("eval", help="evaluate controls").add_subparsers(metavar="WHAT")
     add_refusal_eval(evals)
     add_probe_eval(evals)

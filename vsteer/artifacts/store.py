@@ -22,6 +22,7 @@ from vsteer.artifacts.controller import RefusalController
 from vsteer.artifacts.direction import RefusalDirection
 from vsteer.artifacts.exit_predictor import ExitPredictor
 from vsteer.artifacts.probe import HallucinationProbe
+from vsteer.artifacts.sae import SparseAutoencoder
 from vsteer.artifacts.tensors_file import ArtifactError, read_safetensors_metadata
 from vsteer.artifacts.vector import SteeringVector
 
@@ -71,6 +72,7 @@ PARSERS: dict[str, Callable[[bytes], Any]] = {
     "controller": RefusalController.from_safetensors_bytes,
     "probe": HallucinationProbe.from_safetensors_bytes,
     "exit": ExitPredictor.from_safetensors_bytes,
+    "sae": SparseAutoencoder.from_safetensors_bytes,
 }
 
 

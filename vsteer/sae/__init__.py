@@ -1,0 +1,1 @@
+"""Sparse autoencoders on the residual stream: import (SAELens layout) and the CLI."""
