@@ -90,6 +90,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="directory for the server logs (default: a temporary one, kept "
                          "only when the bench fails)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated configuration keys to run (plain is always run: "
+                         "the ratios are to it), e.g. bare,distinct")
     args = ap.parse_args(argv)
     if args.quick:
         args.repeats, args.num_prompts, args.input_len, args.output_len = 1, 8, 16, 16
@@ -132,8 +135,10 @@ def bench(args: argparse.Namespace, work: Path) -> None:
     shape = shape_of(args)
     art_root = args.artifacts or work / "artifacts"
     art_root.mkdir(parents=True, exist_ok=True)
-    art = make_artifacts(model_dir, art_root, shape.num_prompts)
-    configs = configurations(art, shape.scale)
+    only = None if args.only is None else {"plain", *args.only.split(",")}
+    art = make_artifacts(model_dir, art_root, shape.num_prompts,
+                         guard=only is None or "guarded" in only)
+    configs = [c for c in configurations(art, shape.scale) if only is None or c.key in only]
     t0 = time.monotonic()
     with running_servers(model_dir, shape, art, args.logs or work) as servers:
         started = round(time.monotonic() - t0, 1)

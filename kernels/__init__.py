@@ -5,6 +5,7 @@ torch.ops.vsteer.steer_apply, .score_jobs, .decide, .capture_rows, .sae_features
 from vsteer.kernels import (  # noqa: F401  (registration)
     capture_op,
     decide_op,
+    installed_op,
     jobs_op,
     react_op,
     sae_features_op,

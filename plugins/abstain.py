@@ -6,6 +6,8 @@ Semantics, per sampling step, for each batch row i held by a request r:
                                                             steps, host-side probes)
                or out[runtime.abstain_jobs[r.rid], FIRED]  (this step's table job, read
                                                             on the device)
+               or flag[k] > 0 for (flag, k) = installed.enders[r.rid]   (an installed
+                   control that ends requests, e.g. react's stop; read on the device)
     if fired(r):  logits[i, :] = -inf;  logits[i, eos(r)] = 0
 The probe scores inside the same step's prefill (plugins/runtime.py), before sampling,
 so the request's first sampled token is its end: nothing is generated past the probe.
@@ -29,12 +31,13 @@ _Base, _Move = logits_processor_api()
 
 
 def abstain_target(params: Any) -> tuple[str, int] | None:
-    """(rid, eos token id) of a request that asked for `abstain`, else None."""
+    """(rid, eos token id) of a request that asked for `abstain` or has an installed
+    control that may end it (WorkerControl.ends_request), else None."""
     raw = (params.extra_args or {}).get(EXTRA_ARGS_KEY)
-    if not raw or '"abstain"' not in raw:
+    if not raw:
         return None
     spec = decode(raw)
-    if spec.probe is None or spec.probe.action != "abstain":
+    if not spec.plugins and (spec.probe is None or spec.probe.action != "abstain"):
         return None
     eos = params.eos_token_id
     if eos is None and params.all_stop_token_ids:
@@ -71,9 +74,12 @@ class AbstainLogitsProcessor(_Base):
         if not self.rows:
             return logits
         rt = entry.runtime()
-        if rt is None or not (rt.abstained or rt.abstain_jobs):
+        enders = rt.installed.enders if rt is not None else {}
+        if rt is None or not (rt.abstained or rt.abstain_jobs or enders):
             return logits
         pending: list[tuple[int, int, int]] = []  # (batch row, eos, job row)
+        ending: dict[int, list[tuple[int, int, int]]] = {}  # flag tensor -> (row, eos, idx)
+        flags: dict[int, torch.Tensor] = {}
         for i, (rid, eos) in self.rows.items():
             if i >= logits.shape[0]:
                 continue
@@ -82,19 +88,24 @@ class AbstainLogitsProcessor(_Base):
                 logits[i, eos] = 0.0
             elif (j := rt.abstain_jobs.get(rid)) is not None:
                 pending.append((i, eos, j))
+            if (e := enders.get(rid)) is not None:
+                flags[id(e[0])] = e[0]
+                ending.setdefault(id(e[0]), []).append((i, eos, e[1]))
         if pending:
-            _mask_where_fired(logits, pending, rt.jobs.out)
+            _mask_where_fired(logits, pending, rt.jobs.out[:, 1])
+        for key, items in ending.items():
+            _mask_where_fired(logits, items, flags[key])
         return logits
 
 
 def _mask_where_fired(logits: torch.Tensor, pending: list[tuple[int, int, int]],
-                      out: torch.Tensor) -> None:
-    """logits[i] = eos-only where out[j, 1] (fired) for each (i, eos, j); on the device."""
+                      flag: torch.Tensor) -> None:
+    """logits[i] = eos-only where flag[j] > 0 for each (i, eos, j); on the device."""
     idx = torch.tensor(pending, dtype=torch.int64)  # [k, 3]
     if logits.device.type != "cpu":
         idx = idx.pin_memory().to(logits.device, non_blocking=True)
     rows, eos, jobs = idx[:, 0], idx[:, 1], idx[:, 2]
-    fired = out.index_select(0, jobs)[:, 1] > 0  # [k]
+    fired = flag.index_select(0, jobs) > 0  # [k]
     current = logits.index_select(0, rows)  # [k, V]
     only_eos = torch.full_like(current, float("-inf"))
     only_eos.scatter_(1, eos[:, None], 0.0)

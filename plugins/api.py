@@ -14,8 +14,11 @@ vLLM worker, and routes `control.<name>` to it:
                                inside the forward: traced once by torch.compile, so
                                device tensors and custom ops only, no read-back
             (after the step)   WorkerControl.collect(rows) -> result, per request
+            (sampling)         WorkerControl.ends_request(state): a device flag that
+                               makes the request's next token its end token
             (request gone)     WorkerControl.release(state)
     server  (reply done)       Control.report(applied, results) -> control.<name>
+                               Control.finish_reason(report): the reply's, if it ended it
 
 `collect`'s results travel in the step's single report message
 (plugins/step_report.py); the server waits for every step of the reply before
@@ -71,12 +74,18 @@ class ResolveContext:
     load_vector: Callable[[str, str], StoredVector]  # (name, param): tenant policy applied
     max_model_len: int = 0  # the engine's context length (prompt + generated tokens)
     max_tokens: int | None = None  # the request's own generation limit, if it set one
+    # (kind, name, param) -> the stored artifact (.path, .sha256, .value), with the
+    # tenant's policy and the model's fingerprint checked (4xx otherwise)
+    load_artifact: Callable[[str, str, str], Any] | None = None
+    n: int = 1  # choices the request asks for
+    stops_at_eos: bool = True  # False with ignore_eos or min_tokens > 0
 
     def error(self, message: str, field: str | None = None, code: str = "invalid_value"):
         """The 400 to raise for this control's `field` (OpenAI error shape)."""
         from vsteer.server.errors import APIError
 
-        param = f"{self.param}.{field}" if field else self.param
+        sep = "" if field and field.startswith("[") else "."
+        param = f"{self.param}{sep}{field}" if field else self.param
         return APIError(400, f"{param}: {message}", param=param, code=code)
 
 
@@ -128,10 +137,23 @@ class WorkerControl(ABC):
         """After the step, per request: a JSON value for `report` (None: nothing)."""
         return None
 
+    def after_step(self) -> None:  # noqa: B027  (optional hook)
+        """After the step's collect: make the device tables idle, if a forward vLLM
+        runs between steps (a warm-up or dummy batch) must not change the control's
+        device state."""
+
+    def ends_request(self, state: Any) -> tuple[torch.Tensor, int] | None:
+        """A device flag, (tensor, index), that the sampler reads after each forward:
+        above 0, the request's next token is its end token. None: never ends it."""
+        return None
+
 
 class Control(ABC):
     name: str  # its key under `control`
     schema: type[BaseModel]  # validates control.<name> (extra fields: 400)
+    # True for controls that only read the stream (capture, monitor): their on_layer
+    # runs after every control that edits it, so they see the layer's final stream
+    reads_only: bool = False
 
     @abstractmethod
     def resolve(self, request: BaseModel, ctx: ResolveContext) -> Resolution:
@@ -145,3 +167,10 @@ class Control(ABC):
         """control.<name> of the response: `applied`, and the collected `results` of
         every step of the reply (in step order)."""
         return applied
+
+    finishes = False  # True: finish_reason below may change the reply's finish_reason
+
+    def finish_reason(self, report: dict[str, Any]) -> str | None:
+        """The reply's finish_reason when this control ended it (None: vLLM's stays).
+        Streams hold the chunk carrying finish_reason until the report is in."""
+        return None

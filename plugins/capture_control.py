@@ -38,6 +38,7 @@ class CaptureRequest(BaseModel):
 class Capture(Control):
     name = "capture"
     schema = CaptureRequest
+    reads_only = True
 
     def resolve(self, request: CaptureRequest, ctx: ResolveContext) -> Resolution:
         layers = sorted(set(request.layers))

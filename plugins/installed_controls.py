@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 
+import torch
+
 from vsteer.plugins.api import ControlSetupError, RequestRows, WorkerContext, WorkerControl
 from vsteer.plugins.control_registry import installed_controls
 from vsteer.plugins.request_controls import RequestControls
@@ -18,10 +20,25 @@ log = logging.getLogger("vsteer.runtime")
 
 class InstalledControls:
     def __init__(self, ctx: WorkerContext) -> None:
+        controls = installed_controls()
         self.workers: dict[str, WorkerControl] = {
-            name: c.worker(ctx) for name, c in installed_controls().items()}
-        self.layer_hooks = list(self.workers.values())
+            name: c.worker(ctx) for name, c in controls.items()}
+        # editors first (by name), then readers: a reader sees the layer's final stream
+        self.layer_hooks = [self.workers[n] for n in sorted(
+            controls, key=lambda n: (controls[n].reads_only, n))]
         self._rows: dict[str, list[RequestRows]] = {}  # this step's, by control
+        # request (vsteer rid) -> the device flag that ends it (WorkerControl.ends_request),
+        # read by the sampler (plugins/abstain.py)
+        self.enders: dict[str, tuple[torch.Tensor, int]] = {}
+        self.eager = ctx.eager
+        self.rows_this_step = torch.zeros(1, dtype=torch.int64)  # CPU: installed rows
+        # CPU engines in compiled mode: one op boundary per layer for all of them
+        # (kernels/installed_op.py); CUDA graphs replay each control's own op instead
+        self._handle = 0
+        if not ctx.eager and ctx.device.type == "cpu" and self.layer_hooks:
+            from vsteer.kernels.installed_op import register_runner
+
+            self._handle = register_runner(self.run_layer)
 
     def setup(self, rc: RequestControls, wires: dict[str, str]) -> None:
         """Set up the request's installed controls; what fails goes to rc.errors."""
@@ -34,11 +51,16 @@ class InstalledControls:
                 rc.plugins[name] = wc.setup(json.loads(wire), rc.num_prompt_tokens)
             except ControlSetupError as e:
                 rc.errors.append(f"{name} not applied: {e}")
+                continue
+            ender = wc.ends_request(rc.plugins[name])
+            if ender is not None:
+                self.enders[rc.spec.rid] = ender
 
     def release(self, rc: RequestControls) -> None:
         for name, state in rc.plugins.items():
             self.workers[name].release(state)
         rc.plugins.clear()
+        self.enders.pop(rc.spec.rid, None)
 
     def plan(self, step: StepPlan, requests: dict[str, RequestControls | None]) -> None:
         rows: dict[str, list[RequestRows]] = {name: [] for name in self.workers}
@@ -50,6 +72,21 @@ class InstalledControls:
         self._rows = rows
         for name, wc in self.workers.items():
             wc.plan(rows[name])
+        self.rows_this_step[0] = sum(len(r) for r in rows.values())
+
+    def on_layer(self, layer: int, hidden: torch.Tensor, residual: torch.Tensor | None
+                 ) -> None:
+        """Every decoder layer, from the runtime's hook."""
+        if self._handle:
+            torch.ops.vsteer.installed_layer(hidden, residual, self.rows_this_step, layer,
+                                             self._handle)
+        elif not self.eager or int(self.rows_this_step[0]):
+            self.run_layer(layer, hidden, residual)
+
+    def run_layer(self, layer: int, hidden: torch.Tensor, residual: torch.Tensor | None
+                  ) -> None:
+        for wc in self.layer_hooks:
+            wc.on_layer(layer, hidden, residual)
 
     def collect(self, report: StepReport) -> None:
         for name, rows in self._rows.items():
@@ -59,3 +96,6 @@ class InstalledControls:
                 if result is not None:
                     report.entry(r.rid, r.choice)[name] = result
         self._rows = {}
+        self.rows_this_step[0] = 0
+        for wc in self.workers.values():
+            wc.after_step()

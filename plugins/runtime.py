@@ -154,8 +154,7 @@ class ControlRuntime:
         else:
             torch.ops.vsteer.decide(self.slots.vectors, self.slots.inv_norms, plan.step,
                                     hidden, residual, layer, self._decide_handle)
-        for wc in self.installed.layer_hooks:
-            wc.on_layer(layer, hidden, residual)
+        self.installed.on_layer(layer, hidden, residual)
         if self.capture is not None:
             self.capture.on_layer(layer, hidden, residual)
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from vsteer.plugins.api import Control, Resolution, ResolveContext, WorkerContext
-from vsteer.server.control_protocol import Positions, SteerEntry
+from vsteer.server.control_protocol import Positions, positions_json, wire_positions
 from vsteer.wire import MAX_STEER_ENTRIES
 
 MAX_TOP_K = 64
@@ -65,14 +65,13 @@ class Features(Control):
             if abs(e.value) > ctx.max_abs_scale:
                 raise ctx.error(f"must be within ±{ctx.max_abs_scale:g}", f"[{i}].value",
                                 code="scale_out_of_range")
-            positions, window = SteerEntry(vector="_", positions=e.positions).wire_positions()
+            positions, window = wire_positions(e.positions)
             entries.append({"path": str(stored.path), "sha256": stored.sha256,
                             "feature": e.feature, "op": e.op, "value": e.value,
                             "positions": positions, "window": window})
             applied.append({"sae": e.sae, "feature": e.feature, "op": e.op,
                             "value": e.value, "layer": sae.layer,
-                            "positions": SteerEntry(vector="_", positions=e.positions)
-                            .positions_json()})
+                            "positions": positions_json(e.positions)})
         windowed = any(w["positions"] != "all" for w in entries)
         return Resolution({"entries": entries}, {"entries": applied},
                           private_prefill=windowed)

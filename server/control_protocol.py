@@ -21,6 +21,8 @@ class PositionWindow(BaseModel):
 
 def _check_positions(v: Any) -> Any:
     """Clear messages for the shapes pydantic's union would report as a list of misses."""
+    if isinstance(v, PositionWindow):
+        return v
     if isinstance(v, str):
         if v not in NAMED_POSITIONS:
             raise ValueError(f"positions must be one of {', '.join(NAMED_POSITIONS)} or a "
@@ -62,17 +64,27 @@ class SteerEntry(BaseModel):
     op: Literal["add", "ablate", "add_normalized"] = "add"
 
     def wire_positions(self) -> tuple[str, tuple[int, int | None] | None]:
-        """(positions, window) as the worker reads them (vsteer.wire.WireSteer)."""
-        if isinstance(self.positions, str):
-            return self.positions, None
-        if self.positions.prompt is not None:
-            return "prompt", self.positions.prompt
-        return "generated", self.positions.generated
+        return wire_positions(self.positions)
 
     def positions_json(self) -> str | dict[str, list[int | None]]:
-        if isinstance(self.positions, str):
-            return self.positions
-        return self.positions.model_dump(exclude_none=True, mode="json")
+        return positions_json(self.positions)
+
+
+def wire_positions(positions: str | PositionWindow
+                   ) -> tuple[str, tuple[int, int | None] | None]:
+    """(positions, window) as the worker reads them (vsteer.wire.WireSteer)."""
+    if isinstance(positions, str):
+        return positions, None
+    if positions.prompt is not None:
+        return "prompt", positions.prompt
+    return "generated", positions.generated
+
+
+def positions_json(positions: str | PositionWindow) -> str | dict[str, list[int | None]]:
+    """Positions as the request named them (echoed in `control`)."""
+    if isinstance(positions, str):
+        return positions
+    return positions.model_dump(exclude_none=True, mode="json")
 
 
 class RefusalControl(BaseModel):

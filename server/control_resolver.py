@@ -58,10 +58,14 @@ class ResolvedControl:
         # must not start from a cached prefix either: its salt names the request too.
         # Exit mode writes skipped layers' K/V from exit states, depending on what else
         # was in each step's batch: its blocks are never shared. Observe changes nothing.
+        # Steering on anything but `all` positions: whether a position was steered
+        # depends on where that request's prompt ended (a later prompt may extend it
+        # with the reply, whose positions were `generated` there), so never shared.
         w = self.wire
         mean_probe = w.probe is not None and self.applied["hallucination"]["pooling"] == "mean"
         exits = w.early_exit is not None and w.early_exit.mode == "exit"
-        private = mean_probe or exits or self.private_prefill
+        windowed = any(e.positions != "all" for e in w.steer)
+        private = mean_probe or exits or windowed or self.private_prefill
         body = encode(WireSpec(rid=w.rid if private else "", steer=w.steer,
                                decide=w.decide, probe=w.probe, plugins=w.plugins)).encode()
         return "vsteer-" + hashlib.sha256(body).hexdigest()[:32]
@@ -79,8 +83,8 @@ class ControlResolver:
         self.max_abs_scale = max_abs_scale
         self.layer_skip = layer_skip  # the worker can skip layers (early exit 'exit')
 
-    def resolve(self, raw: Any, who: Principal = OPERATOR, max_tokens: int | None = None
-                ) -> ResolvedControl:
+    def resolve(self, raw: Any, who: Principal = OPERATOR, max_tokens: int | None = None,
+                n: int = 1, stops_at_eos: bool = True) -> ResolvedControl:
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -96,7 +100,7 @@ class ControlResolver:
         if who.tenant is not None and who.tenant.policy.max_abs_scale is not None:
             bound = min(bound, who.tenant.policy.max_abs_scale)
         plugins, plugin_applied, private = self._resolve_installed(own, who, bound,
-                                                                   max_tokens)
+                                                                   max_tokens, n, stops_at_eos)
         rid = uuid.uuid4().hex
         steer: list[WireSteer] = []
         applied: dict[str, Any] = {}
@@ -110,14 +114,15 @@ class ControlResolver:
                                                                       layers, param)
             check_scale(scale, bound, f"{param}.scale")
             steer_applied.append({"vector": entry.vector, "scale": scale,
-                                  "layers": layers, "positions": entry.positions,
+                                  "layers": layers, "positions": entry.positions_json(),
                                   "op": entry.op})
             if entry.kl is not None:
                 steer_applied[-1]["kl"] = entry.kl
             if scale == 0.0:
                 continue  # scale 0 is no steering, bit for bit: nothing reaches the kernel
+            positions, window = entry.wire_positions()
             steer.append(steer_entry(entry.vector, stored.sha256, str(stored.path), layers,
-                                     scale, entry.op, entry.positions))
+                                     scale, entry.op, positions, window=window))
         if steer_applied:
             applied["steer"] = steer_applied
         decide = None
@@ -149,7 +154,8 @@ class ControlResolver:
                                private)
 
     def _resolve_installed(self, raw: dict[str, Any], who: Principal, bound: float,
-                           max_tokens: int | None) -> tuple[dict[str, str], dict[str, Any], bool]:
+                           max_tokens: int | None, n: int = 1, stops_at_eos: bool = True
+                           ) -> tuple[dict[str, str], dict[str, Any], bool]:
         """The installed controls (plugins/api.py) the request names: their wire (JSON
         text for the worker) and what each reports as applied."""
         wires: dict[str, str] = {}
@@ -163,12 +169,16 @@ class ControlResolver:
             except ValidationError as e:
                 raise pydantic_errors_to_api_error(e, param) from None
             ctx = ResolveContext(self.fingerprint, param, bound, partial(self._vector, who),
-                                 self.max_model_len, max_tokens)
+                                 self.max_model_len, max_tokens,
+                                 partial(self._artifact, who), n, stops_at_eos)
             res = control.resolve(request, ctx)
             wires[name] = json.dumps(res.wire)
             applied[name] = res.applied
             private |= res.private_prefill
         return wires, applied, private
+
+    def _artifact(self, who: Principal, kind: str, name: str, param: str) -> Any:
+        return load_artifact(self.store, self.fingerprint, kind, name, param, who)
 
     def _vector(self, who: Principal, name: str, param: str) -> StoredVector:
         stored = load_artifact(self.store, self.fingerprint, "vector", name, param, who)

@@ -69,8 +69,9 @@ class ControlledServing:
                      who: Principal, responses_api: bool = False) -> Response:
         try:
             body = await read_json_object(raw)
-            resolved = self.resolver.resolve(body.pop("control", None), who,
-                                             _max_tokens(body))
+            resolved = self.resolver.resolve(
+                body.pop("control", None), who, _max_tokens(body), _n(body),
+                stops_at_eos=not body.get("ignore_eos") and not body.get("min_tokens"))
             self._check_abstain(body, resolved)
             if responses_api:
                 check_responses_body(body, resolved)
@@ -132,6 +133,7 @@ class ControlledServing:
             usage = data.get("usage") or {}
             data["control"] = await self.reporter.final(
                 resolved, usage.get("completion_tokens") or 0, resolved.wire.n)
+            self._set_finish_reasons(data.get("choices") or [], data["control"], resolved)
             self._count_usage(data.get("usage"))
             return JSONResponse(data)
         return _event_stream(self._stream(result, resolved, wants_usage, release), result,
@@ -177,6 +179,26 @@ class ControlledServing:
                     f"{request.cache_salt}|{salt}".encode()).hexdigest()[:32]
             request.cache_salt = salt
         return request
+
+    def _finishing(self, resolved: ResolvedControl) -> list[str]:
+        """Installed controls of this request that may set its finish_reason."""
+        return [n for n in resolved.wire.plugins if self.resolver.controls[n].finishes]
+
+    def _set_finish_reasons(self, choices: list[dict[str, Any]], control: dict[str, Any],
+                            resolved: ResolvedControl) -> None:
+        """A choice an installed control ended (e.g. react's stop) says so in its
+        finish_reason, as OpenAI does for withheld content."""
+        for name in self._finishing(resolved):
+            c = self.resolver.controls[name]
+            for choice in choices:
+                if not choice.get("finish_reason"):
+                    continue
+                per = control.get("choices")
+                i = choice.get("index", 0)
+                rep = (per[i] if per and i < len(per) else control).get(name)
+                reason = c.finish_reason(rep) if isinstance(rep, dict) else None
+                if reason:
+                    choice["finish_reason"] = reason
 
     @staticmethod
     def _check_abstain(body: dict[str, Any], resolved: ResolvedControl) -> None:
@@ -241,6 +263,10 @@ class ControlledServing:
         per_token = self._per_token(resolved)
         sent_scores = 0
         completion_tokens = 0
+        # an installed control may end the reply (react's stop): the chunks that carry a
+        # finish_reason wait for the report (they are the last ones with choices)
+        finishing = bool(self._finishing(resolved))
+        held: list[dict[str, Any]] = []
         try:
             async for line in chunks:
                 if not line.startswith("data: "):
@@ -257,8 +283,12 @@ class ControlledServing:
                     if wants_usage:
                         usage_chunk = data  # sent last, with `control`
                     continue
+                hold = finishing and any(c.get("finish_reason") for c in data["choices"])
                 if not (abstain or per_token):
-                    yield line
+                    if hold:
+                        held.append(data)
+                    else:
+                        yield line
                     continue
                 if abstain and not probe_fetched:
                     probe, probe_fetched = await self.reporter.probe(resolved), True
@@ -276,6 +306,9 @@ class ControlledServing:
                         data["control"] = {"hallucination": {
                             "token_scores": scores[sent_scores:n]}}
                         sent_scores = n
+                if hold:
+                    held.append(data)
+                    continue
                 yield f"data: {json.dumps(data)}\n\n"
             if last is not None:
                 final = usage_chunk or {k: last[k] for k in ("id", "object", "created", "model")
@@ -283,6 +316,9 @@ class ControlledServing:
                 final.setdefault("choices", [])
                 final["control"] = await self.reporter.final(resolved, completion_tokens,
                                                              resolved.wire.n)
+                for chunk in held:
+                    self._set_finish_reasons(chunk["choices"], final["control"], resolved)
+                    yield f"data: {json.dumps(chunk)}\n\n"
                 yield f"data: {json.dumps(final)}\n\n"
             yield "data: [DONE]\n\n"
         finally:
@@ -313,6 +349,12 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
         if isinstance(v, int) and not isinstance(v, bool) and v > 0:
             return v
     return None
+
+
+def _n(body: dict[str, Any]) -> int:
+    """The choices the request asks for (vLLM validates the field itself)."""
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
 
 def _client_error(e: Exception) -> APIError:

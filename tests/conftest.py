@@ -199,6 +199,15 @@ def refusal_artifacts(model_dir, artifacts, tmp_path_factory) -> dict:
     return make_refusal_artifacts(model_dir, artifacts, tmp_path_factory.mktemp("refusal-data"))
 
 
+@pytest.fixture(scope="session")
+def hf_model(model_dir):
+    """The default model in transformers, fp32: the reference for streams."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+
 PROBE = "geo-probe"
 
 
@@ -220,6 +229,30 @@ def make_probe_artifacts(model_dir: Path, artifacts: Path, tmp: Path) -> dict:
 def probe_artifacts(model_dir, artifacts, tmp_path_factory) -> dict:
     """A hallucination probe `geo-probe` (make_probe_artifacts)."""
     return make_probe_artifacts(model_dir, artifacts, tmp_path_factory.mktemp("probe-data"))
+
+
+SAE, SAE_LAYER, SAE_FEATURES = "smol-sae", 7, 64
+
+
+@pytest.fixture(scope="session")
+def sae(model_dir, artifacts, store, fingerprint, tmp_path_factory):
+    """A random SAE (64 unit features at layer 7, encoder tied to the decoder) in
+    SAELens's layout, imported by the real CLI as `smol-sae`; feature 5's decoder row is
+    also saved as the steering vector `sae-f5`."""
+    from vsteer.artifacts import SteeringVector
+
+    from sae_files import random_sae, write_saelens
+
+    t = random_sae(fingerprint.hidden_size, SAE_FEATURES, seed=7)
+    d = write_saelens(tmp_path_factory.mktemp("sae") / "sae", t,
+                      f"blocks.{SAE_LAYER}.hook_resid_post")
+    out = vsteer_cli("sae", "import", str(d), "--name", SAE, "--model", str(model_dir),
+                     "--artifacts", str(artifacts), "--overwrite", timeout=300)
+    assert f"layer {SAE_LAYER}, {SAE_FEATURES} features" in out
+    store.save_vector("sae-f5", SteeringVector({SAE_LAYER: t["W_dec"][5]}, fingerprint,
+                                               method="sae"), overwrite=True)
+    return store.get("sae", SAE).value
+
 
 
 EXIT = "smol-exit"

@@ -5,57 +5,33 @@ the engine. Compiled mode: tests/test_compiled_mode.py."""
 
 from __future__ import annotations
 
-import base64
 import json
 
 import httpx
 import numpy as np
 import pytest
 
+import stream_reference
 from chat_api import ask, ask_together_shared, body_for, text
-from conftest import API_KEY, MODEL_NAME
+from conftest import API_KEY
 from prompts import NEUTRAL
+from stream_reference import decode_capture, edited_states
 
 pytestmark = pytest.mark.engine
 
 LAYERS = [0, 7, 28]  # not the last: transformers' final entry is post-norm
 
 
-def decode_capture(rep: dict) -> np.ndarray:
-    """control.capture -> [n_layers, n_tokens, hidden] float32."""
-    assert rep["dtype"] == "float32"
-    return np.frombuffer(base64.b64decode(rep["data"]), "<f4").reshape(rep["shape"])
-
-
 def complete(server, prompt: str, control: dict, max_tokens: int = 8, **kw) -> dict:
-    r = httpx.post(server.base_url + "/v1/completions", timeout=300, headers={
-        "Authorization": f"Bearer {API_KEY}"}, json={
-        "model": MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-        "return_token_ids": True, "control": control, **kw})
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-@pytest.fixture(scope="module")
-def hf_model(model_dir):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    return stream_reference.complete(server, prompt, control, max_tokens, **kw)
 
 
 def reference(hf_model, ids: list[int]) -> list[np.ndarray]:
-    import torch
-
-    with torch.no_grad():
-        hs = hf_model(torch.tensor([ids]), output_hidden_states=True).hidden_states
-    return [hs[la + 1][0].numpy() for la in LAYERS]  # [n, H] per layer
+    return edited_states(hf_model, ids, {}, LAYERS)  # [n, H] per layer
 
 
 def assert_close(got: np.ndarray, ref: list[np.ndarray]) -> None:
-    for j, r in enumerate(ref):
-        rel = np.linalg.norm(got[j] - r, axis=1) / np.linalg.norm(r, axis=1)
-        assert rel.max() < 2e-3, (LAYERS[j], rel.max())  # fp32 vs fp32, other kernels
+    stream_reference.assert_close(got, ref, LAYERS)
 
 
 def test_all_positions_equal_transformers_for_the_same_tokens(server, hf_model):

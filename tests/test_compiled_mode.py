@@ -10,8 +10,9 @@ import pytest
 from vsteer.probe.dataset import prompt_for
 
 from chat_api import ask, ask_together, text
-from conftest import PROBE, run_helper, start_server
+from conftest import PROBE, SAE, run_helper, start_server
 from prompts import GEO_QUESTIONS
+from stream_reference import decode_capture
 
 pytestmark = pytest.mark.engine
 
@@ -47,6 +48,16 @@ FORCE = {"refusal": {"mode": "force", "direction": "refusal"}}
 PER_TOKEN = {"hallucination": {"probe": PROBE, "per_token": True}}
 MITIGATE = {"hallucination": {"probe": PROBE, "action": "mitigate", "threshold": 0.0,
                               "scale": 2.0}}
+def assert_same_stream(comp: dict, eager: dict) -> None:
+    """The compiled server's captured stream equals the eager one's (fp32 tolerance)."""
+    import numpy as np
+
+    a, b = (decode_capture(r["control"]["capture"]) for r in (comp, eager))
+    assert a.shape == b.shape
+    assert np.abs(a - b).max() <= 2e-3 * np.abs(b).max()
+
+
+STORY = "Write a short story about a lighthouse keeper."
 ABSTAIN = {"hallucination": {"probe": PROBE, "action": "abstain", "threshold": 0.0}}
 
 
@@ -105,20 +116,67 @@ def test_the_example_control_runs_inside_compiled_graphs(server, compiled_server
 def test_capture_runs_inside_compiled_graphs(server, compiled_server):
     """control.capture copies rows into a preallocated buffer from inside the traced
     graph: the compiled server's capture equals the eager server's."""
-    import base64
-
-    import numpy as np
-
     cap = {"capture": {"layers": [2, 14], "positions": "all"}}
     comp, eager = ask(compiled_server, PROMPTS[2], cap), ask(server, PROMPTS[2], cap)
     assert text(comp) == text(eager)
-
-    def arr(r):
-        c = r["control"]["capture"]
-        return np.frombuffer(base64.b64decode(c["data"]), "<f4").reshape(c["shape"])
-
-    a, b = arr(comp), arr(eager)
+    assert_same_stream(comp, eager)
     usage = comp["usage"]
-    assert a.shape == b.shape == (2, usage["prompt_tokens"] + usage["completion_tokens"] - 1,
-                                  576)
-    assert np.abs(a - b).max() <= 2e-3 * np.abs(b).max()
+    assert comp["control"]["capture"]["shape"] == [
+        2, usage["prompt_tokens"] + usage["completion_tokens"] - 1, 576]
+
+
+def test_position_windows_steer_the_same_positions_in_compiled_graphs(server,
+                                                                       compiled_server,
+                                                                       demo_vector):
+    """A request steered on a prompt window and a generated window: the compiled
+    server's stream (captured at the steering layer and after) equals the eager
+    server's, so the rows the windows name reach the traced op unchanged (the eager
+    server's states are checked against transformers in test_position_windows_server)."""
+
+    control = {"steer": [{"vector": "joyful", "scale": 4.0, "layers": [7],
+                          "positions": {"prompt": [1, -2]}},
+                         {"vector": "joyful", "scale": -4.0, "layers": [7],
+                          "positions": {"generated": [1, 3]}}],
+               "capture": {"layers": [7, 12], "positions": "all"}}
+    comp, eager = ask(compiled_server, PROMPTS[2], control), ask(server, PROMPTS[2], control)
+    assert text(comp) == text(eager)
+    assert_same_stream(comp, eager)
+
+
+def test_sae_features_and_monitor_run_inside_compiled_graphs(server, compiled_server, sae):
+    """`features` (an in-forward op) and `monitor` (rows staged inside the forward,
+    encoded after it): the compiled server's stream and report equal the eager one's."""
+    control = {"features": [{"sae": SAE, "feature": 5, "value": 6.0},
+                            {"sae": SAE, "feature": 11, "op": "clamp", "value": 2.0,
+                             "positions": {"generated": [0, 2]}}],
+               "monitor": {"sae": SAE, "top_k": 4, "per_token": True},
+               "capture": {"layers": [7, 12], "positions": "all"}}
+    comp, eager = ask(compiled_server, PROMPTS[0], control), ask(server, PROMPTS[0], control)
+    assert text(comp) == text(eager)
+    assert_same_stream(comp, eager)
+    mc, me = comp["control"]["monitor"], eager["control"]["monitor"]
+    assert [t["features"] for t in mc["tokens"]] == [t["features"] for t in me["tokens"]]
+    assert comp["control"]["features"]["tokens"] == eager["control"]["features"]["tokens"] > 0
+
+
+def test_react_fires_and_steers_the_same_inside_compiled_graphs(server, compiled_server,
+                                                                 sae, demo_vector):
+    """`react_apply` runs at every layer of the traced graph: the condition's device
+    state (streak, latch, firing position) and the action it gates give the compiled
+    server the same firing token, reply and stream as the eager one."""
+    import numpy as np
+
+    for feature in range(1, 32):  # one that fires mid-reply on this prompt
+        control = {"react": {"when": {"sae": SAE, "feature": feature}, "min_tokens": 2,
+                             "action": "steer", "steer": {"vector": "joyful", "scale": 6.0,
+                                                          "layers": [6, 7, 8]}},
+                   "capture": {"layers": [8, 12], "positions": "all"}}
+        eager = ask(server, STORY, control)
+        if (eager["control"]["react"]["fired_at"] or 0) >= 2:
+            break
+    comp = ask(compiled_server, STORY, control)
+    assert text(comp) == text(eager)
+    rc, re_ = comp["control"]["react"], eager["control"]["react"]
+    assert rc["fired_at"] == re_["fired_at"] and rc["fired"]
+    assert np.allclose(rc["scores"], re_["scores"], rtol=1e-3, atol=1e-4)
+    assert_same_stream(comp, eager)

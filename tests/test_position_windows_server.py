@@ -13,11 +13,12 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
-from test_capture_control import decode_capture
 
+import stream_reference
 from chat_api import ask, ask_together_shared, text
 from conftest import API_KEY, MODEL_NAME
 from prompts import NEUTRAL
+from stream_reference import add_at, decode_capture, edited_states, fed_ids
 
 pytestmark = pytest.mark.engine
 
@@ -32,52 +33,20 @@ def windowed(positions) -> dict:
             "capture": {"layers": [LAYER, LATER], "positions": "all"}}
 
 
-def complete(server, control: dict, max_tokens: int = 6) -> dict:
-    r = httpx.post(server.base_url + "/v1/completions", timeout=300, headers={
-        "Authorization": f"Bearer {API_KEY}"}, json={
-        "model": MODEL_NAME, "prompt": PROMPT, "max_tokens": max_tokens,
-        "temperature": 0, "return_token_ids": True, "control": control})
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-@pytest.fixture(scope="module")
-def hf_model(model_dir):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+def complete(server, control: dict) -> dict:
+    return stream_reference.complete(server, PROMPT, control)
 
 
 def steered_reference(hf_model, ids: list[int], vector: np.ndarray, where: list[int]
                       ) -> list[np.ndarray]:
     """hidden_states[l + 1] at LAYER and LATER with SCALE·vector added after LAYER at
     positions `where`."""
-    import torch
-
-    add = torch.zeros(len(ids), vector.shape[0])
-    add[where] = SCALE * torch.from_numpy(vector)
-
-    def hook(_module, _args, out):
-        hidden = out[0] if isinstance(out, tuple) else out
-        hidden = hidden + add[None]
-        return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
-
-    # prepend: transformers records hidden_states through its own forward hooks, which
-    # must see the steered output
-    handle = hf_model.model.layers[LAYER].register_forward_hook(hook, prepend=True)
-    try:
-        with torch.no_grad():
-            hs = hf_model(torch.tensor([ids]), output_hidden_states=True).hidden_states
-    finally:
-        handle.remove()
-    return [hs[la + 1][0].numpy().copy() for la in (LAYER, LATER)]
+    return edited_states(hf_model, ids, {LAYER: add_at(SCALE * vector, where)},
+                         [LAYER, LATER])
 
 
 def assert_close(got: np.ndarray, ref: list[np.ndarray]) -> None:
-    for j, r in enumerate(ref):
-        rel = np.linalg.norm(got[j] - r, axis=1) / np.linalg.norm(r, axis=1)
-        assert rel.max() < 2e-3, ((LAYER, LATER)[j], rel.round(4).tolist())
+    stream_reference.assert_close(got, ref, [LAYER, LATER])
 
 
 @pytest.mark.parametrize(("positions", "where"), [
@@ -94,13 +63,12 @@ def test_a_window_steers_exactly_its_positions(server, hf_model, demo_vector, po
     pids, gids = choice["prompt_token_ids"], choice["token_ids"]
     assert len(pids) == 6 and len(gids) == 6
     assert data["control"]["steer"][0]["positions"] == positions  # echoed as sent
-    ids = pids + gids[:-1]  # every token fed to the model
+    ids = fed_ids(data)
     got = decode_capture(data["control"]["capture"])
     at = where(len(pids))
     ref = steered_reference(hf_model, ids, demo_vector.directions[LAYER], at)
     plain = steered_reference(hf_model, ids, demo_vector.directions[LAYER], [])[0]
     moved = np.linalg.norm(got[0] - plain, axis=1) / np.linalg.norm(plain, axis=1)
-    print("moved from the plain model at each position:", moved.round(3).tolist())
     assert_close(got, ref)
     # and the window is not vacuous: outside it the steering layer is the plain model's,
     # inside it is s·v away from it

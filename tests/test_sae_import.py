@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sae_files import random_sae, write_saelens
 
 from vsteer.artifacts import ArtifactError, ArtifactStore, ModelFingerprint
 from vsteer.artifacts.sae import SparseAutoencoder
 from vsteer.sae.saelens_import import hook_layer, read_saelens
+
+from sae_files import random_sae, write_saelens
 
 FP = ModelFingerprint("LlamaForCausalLM", 32, 4)
 

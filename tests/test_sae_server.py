@@ -12,11 +12,12 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
-from test_capture_control import decode_capture
 
+import stream_reference
 from chat_api import ask, ask_together_shared, text
 from conftest import API_KEY, MODEL_NAME, SAE, SAE_FEATURES
 from prompts import NEUTRAL
+from stream_reference import decode_capture, edited_states, fed_ids
 
 pytestmark = pytest.mark.engine
 
@@ -25,44 +26,13 @@ PROMPT = "The weather this morning was very"
 CAPTURE = {"capture": {"layers": [LAYER, LATER], "positions": "all"}}
 
 
-def complete(server, control: dict, max_tokens: int = 6) -> dict:
-    r = httpx.post(server.base_url + "/v1/completions", timeout=300, headers={
-        "Authorization": f"Bearer {API_KEY}"}, json={
-        "model": MODEL_NAME, "prompt": PROMPT, "max_tokens": max_tokens,
-        "temperature": 0, "return_token_ids": True, "control": control})
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-@pytest.fixture(scope="module")
-def hf_model(model_dir):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+def complete(server, control: dict) -> dict:
+    return stream_reference.complete(server, PROMPT, control)
 
 
 def edited_reference(hf_model, ids: list[int], edit) -> list[np.ndarray]:
     """hidden_states at LAYER and LATER with `edit(x [n, H]) -> x` applied after LAYER."""
-    import torch
-
-    def hook(_module, _args, out):
-        x = out[0] if isinstance(out, tuple) else out
-        y = torch.from_numpy(edit(x[0].numpy()))[None]
-        return (y, *out[1:]) if isinstance(out, tuple) else y
-
-    handle = hf_model.model.layers[LAYER].register_forward_hook(hook, prepend=True)
-    try:
-        with torch.no_grad():
-            hs = hf_model(torch.tensor([ids]), output_hidden_states=True).hidden_states
-    finally:
-        handle.remove()
-    return [hs[la + 1][0].numpy().copy() for la in (LAYER, LATER)]
-
-
-def fed_ids(data: dict) -> list[int]:
-    c = data["choices"][0]
-    return c["prompt_token_ids"] + c["token_ids"][:-1]
+    return edited_states(hf_model, ids, {LAYER: edit}, [LAYER, LATER])
 
 
 def test_add_equals_steering_with_the_decoder_row_bit_for_bit(server, sae):
@@ -95,10 +65,8 @@ def test_clamp_sets_the_feature_by_its_definition(server, sae, hf_model):
         act = sae.encode(x)[:, f]
         return (x + (value - act)[:, None] * sae.W_dec[f]).astype(np.float32)
 
-    ref = edited_reference(hf_model, ids, clamp)
-    for j, r in enumerate(ref):
-        rel = np.linalg.norm(got[j] - r, axis=1) / np.linalg.norm(r, axis=1)
-        assert rel.max() < 2e-3, ((LAYER, LATER)[j], rel.round(4).tolist())
+    stream_reference.assert_close(got, edited_reference(hf_model, ids, clamp),
+                                  [LAYER, LATER])
     # where the feature was active, it now reads `value` (tied unit encoder)
     plain = edited_reference(hf_model, ids, lambda x: x)[0]
     was_active = sae.encode(plain)[:, f] > 0

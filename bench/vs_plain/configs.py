@@ -45,9 +45,11 @@ class Artifacts:
     probe: str
 
 
-def make_artifacts(model_dir: Path, root: Path, count: int) -> Artifacts:
-    """Random vectors (one shared, `count` distinct), a calibrated refusal direction and a
-    hallucination probe with a per-token probe; ones already in `root` are kept."""
+def make_artifacts(model_dir: Path, root: Path, count: int, guard: bool = True
+                   ) -> Artifacts:
+    """Random vectors (one shared, `count` distinct), and with `guard` a calibrated
+    refusal direction and a hallucination probe with a per-token probe; ones already in
+    `root` are kept."""
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(HERE.parent / "tests"))
     from random_vectors import save_random_vectors
@@ -63,6 +65,8 @@ def make_artifacts(model_dir: Path, root: Path, count: int) -> Artifacts:
     have = set(store.names("vector"))
     if not {SHARED_VECTOR, *distinct} <= have:
         save_random_vectors(store, fp, [SHARED_VECTOR, *distinct])
+    if not guard:
+        return Artifacts(root, SHARED_VECTOR, distinct, "refusal", PROBE)
     work = Path(tempfile.mkdtemp(prefix="vs-plain-data-"))
     try:
         if "refusal" not in store.names("direction"):
