@@ -3,7 +3,7 @@ from, and the action they trigger, inside the forward (the `react` control; no
 read-back: the host reads the state after the step).
 
 A request that reacts owns a react slot r with a condition (cond_w[r] [H], cond_b[r],
-cond_kind[r], cond_thr[r], cond_layer[r], min_tokens[r]), an action (mode[r]; a vector
+cond_kind[r], cond_thr[r], cond_layer[r], min_tokens[r]), an action (action[r]; a vector
 slot vec_of[r] and scale[r] for steer / release) and device state kept across steps:
 streak[r], fired[r] (latched), fired_pos[r] (the position of the row it fired at).
 Per step the host writes eval_row[r] (the token row that samples the request's next
@@ -23,7 +23,7 @@ Semantics at layer `layer` (x[t] = hidden[t] + residual[t], fp32):
     for t with r = token_slot[t] >= 0:
         after = fired[r] and (token_pos[t] > fired_pos[r]
                               or (token_pos[t] == fired_pos[r] and layer > cond_layer[r]))
-        on = after if mode[r] == STEER else (not after) if mode[r] == RELEASE else False
+        on = after if action[r] == STEER else (not after) if action[r] == RELEASE else False
         if on: hidden[t] += scale[r] * vectors[vec_of[r], layer]   (fp32, rounded once)
 So the action covers the firing row's layers after the condition's layer and every
 later token; STOP changes nothing here (the sampler ends the request where fired).
@@ -43,7 +43,7 @@ LIB.define(
     "react_apply(Tensor(a!) hidden, Tensor? residual, Tensor eval_row, Tensor token_slot, "
     "Tensor token_pos, Tensor cond_w, Tensor cond_b, Tensor cond_b2, Tensor cond_kind, "
     "Tensor cond_thr, Tensor cond_layer, Tensor min_tokens, Tensor(b!) streak, "
-    "Tensor(c!) fired, Tensor(d!) fired_pos, Tensor(e!) score_out, Tensor mode, "
+    "Tensor(c!) fired, Tensor(d!) fired_pos, Tensor(e!) score_out, Tensor action, "
     "Tensor vec_of, Tensor scale, Tensor vectors, Tensor active, int layer) -> ()")
 
 
@@ -59,7 +59,7 @@ def _score(x, w, b, b2, kind):
 
 def react_apply_reference(hidden, residual, eval_row, token_slot, token_pos, cond_w, cond_b,
                           cond_b2, cond_kind, cond_thr, cond_layer, min_tokens, streak, fired,
-                          fired_pos, score_out, mode, vec_of, scale, vectors, active,
+                          fired_pos, score_out, action, vec_of, scale, vectors, active,
                           layer: int) -> None:
     """The semantics above, slot by slot and token by token (the oracle)."""
     if int(active[0]) == 0:
@@ -85,7 +85,7 @@ def react_apply_reference(hidden, residual, eval_row, token_slot, token_pos, con
             continue
         pos, fp = int(token_pos[t]), int(fired_pos[r])
         after = bool(fired[r]) and (pos > fp or (pos == fp and layer > int(cond_layer[r])))
-        m = int(mode[r])
+        m = int(action[r])
         on = after if m == MODE_STEER else (not after) if m == MODE_RELEASE else False
         if on:
             v = vectors[int(vec_of[r]), layer].float()
@@ -94,7 +94,7 @@ def react_apply_reference(hidden, residual, eval_row, token_slot, token_pos, con
 
 def react_apply_graph_safe(hidden, residual, eval_row, token_slot, token_pos, cond_w, cond_b,
                            cond_b2, cond_kind, cond_thr, cond_layer, min_tokens, streak,
-                           fired, fired_pos, score_out, mode, vec_of, scale, vectors,
+                           fired, fired_pos, score_out, action, vec_of, scale, vectors,
                            layer: int) -> None:
     """No host branch, no data-dependent shape, no read-back (CUDA graphs replay it)."""
     T = hidden.shape[0]
@@ -123,7 +123,7 @@ def react_apply_graph_safe(hidden, residual, eval_row, token_slot, token_pos, co
     pos = token_pos[:T].long()
     fp = fired_pos.long()[r]
     after = (fired[r] > 0) & ((pos > fp) | ((pos == fp) & (layer > cond_layer[r])))
-    m = mode[r]
+    m = action[r]
     on = on_t & torch.where(m == MODE_STEER, after,
                             torch.where(m == MODE_RELEASE, ~after, torch.zeros_like(after)))
     v = vectors[vec_of.long()[r], layer].float()  # [T, H]
@@ -133,20 +133,20 @@ def react_apply_graph_safe(hidden, residual, eval_row, token_slot, token_pos, co
 
 def _react_cpu(hidden, residual, eval_row, token_slot, token_pos, cond_w, cond_b, cond_b2,
                cond_kind, cond_thr, cond_layer, min_tokens, streak, fired, fired_pos,
-               score_out, mode, vec_of, scale, vectors, active, layer):
+               score_out, action, vec_of, scale, vectors, active, layer):
     if int(active[0]):
         react_apply_graph_safe(hidden, residual, eval_row, token_slot, token_pos, cond_w,
                                cond_b, cond_b2, cond_kind, cond_thr, cond_layer, min_tokens,
-                               streak, fired, fired_pos, score_out, mode, vec_of, scale,
+                               streak, fired, fired_pos, score_out, action, vec_of, scale,
                                vectors, layer)
 
 
 def _react_cuda(hidden, residual, eval_row, token_slot, token_pos, cond_w, cond_b, cond_b2,
                 cond_kind, cond_thr, cond_layer, min_tokens, streak, fired, fired_pos,
-                score_out, mode, vec_of, scale, vectors, active, layer):
+                score_out, action, vec_of, scale, vectors, active, layer):
     react_apply_graph_safe(hidden, residual, eval_row, token_slot, token_pos, cond_w, cond_b,
                            cond_b2, cond_kind, cond_thr, cond_layer, min_tokens, streak,
-                           fired, fired_pos, score_out, mode, vec_of, scale, vectors, layer)
+                           fired, fired_pos, score_out, action, vec_of, scale, vectors, layer)
 
 
 def _react_fake(*args):

@@ -24,8 +24,9 @@ class InstalledControls:
         self.workers: dict[str, WorkerControl] = {
             name: c.worker(ctx) for name, c in controls.items()}
         # editors first (by name), then readers: a reader sees the layer's final stream
-        self.layer_hooks = [self.workers[n] for n in sorted(
-            controls, key=lambda n: (controls[n].reads_only, n))]
+        self._order = sorted(controls, key=lambda n: (controls[n].reads_only, n))
+        self.layer_hooks = [self.workers[n] for n in self._order]
+        self._busy: list[WorkerControl] = []  # this step's controls with rows, in order
         self._rows: dict[str, list[RequestRows]] = {}  # this step's, by control
         # request (vsteer rid) -> the device flag that ends it (WorkerControl.ends_request),
         # read by the sampler (plugins/abstain.py)
@@ -38,7 +39,7 @@ class InstalledControls:
         if not ctx.eager and ctx.device.type == "cpu" and self.layer_hooks:
             from vsteer.kernels.installed_op import register_runner
 
-            self._handle = register_runner(self.run_layer)
+            self._handle = register_runner(self._run_busy)
 
     def setup(self, rc: RequestControls, wires: dict[str, str]) -> None:
         """Set up the request's installed controls; what fails goes to rc.errors."""
@@ -72,19 +73,30 @@ class InstalledControls:
         self._rows = rows
         for name, wc in self.workers.items():
             wc.plan(rows[name])
+        self._busy = [self.workers[n] for n in self._order if rows[n]]
         self.rows_this_step[0] = sum(len(r) for r in rows.values())
 
     def on_layer(self, layer: int, hidden: torch.Tensor, residual: torch.Tensor | None
                  ) -> None:
-        """Every decoder layer, from the runtime's hook."""
+        """Every decoder layer, from the runtime's hook. Where this runs as Python every
+        step (eager engines; CPU compiled engines, through one op), only the controls
+        with rows this step run; a traced graph on CUDA calls every control's op."""
         if self._handle:
             torch.ops.vsteer.installed_layer(hidden, residual, self.rows_this_step, layer,
                                              self._handle)
-        elif not self.eager or int(self.rows_this_step[0]):
+        elif self.eager:
+            self._run_busy(layer, hidden, residual)
+        else:
             self.run_layer(layer, hidden, residual)
+
+    def _run_busy(self, layer: int, hidden: torch.Tensor, residual: torch.Tensor | None
+                  ) -> None:
+        for wc in self._busy:
+            wc.on_layer(layer, hidden, residual)
 
     def run_layer(self, layer: int, hidden: torch.Tensor, residual: torch.Tensor | None
                   ) -> None:
+        """Every installed control's per-layer op (what a traced graph holds)."""
         for wc in self.layer_hooks:
             wc.on_layer(layer, hidden, residual)
 
@@ -96,6 +108,7 @@ class InstalledControls:
                 if result is not None:
                     report.entry(r.rid, r.choice)[name] = result
         self._rows = {}
+        self._busy = []
         self.rows_this_step[0] = 0
         for wc in self.workers.values():
             wc.after_step()

@@ -45,3 +45,23 @@ def test_the_cpu_compiled_op_calls_the_runner_only_when_a_control_has_rows():
 def test_compiled_cpu_engines_use_the_op_and_eager_ones_do_not():
     assert InstalledControls(ctx(eager=False))._handle > 0
     assert InstalledControls(ctx(eager=True))._handle == 0
+
+
+def test_every_installed_control_op_traces_under_torch_compile():
+    """The CUDA path calls each control's own op inside the traced graph (no host
+    branch): every op must go through torch.compile's functionalization (an argument
+    named like one of its own keywords, e.g. `mode`, breaks it). aot_eager on CPU runs
+    the same tracing, with fullgraph so that a graph break fails too."""
+    ic = InstalledControls(ctx(eager=False))
+    ic._handle = 0  # the per-control path, as on CUDA
+    for wc in ic.workers.values():
+        wc.plan([])
+
+    def layer_step(hidden, residual):
+        ic.run_layer(1, hidden, residual)
+        return hidden
+
+    compiled = torch.compile(layer_step, backend="aot_eager", fullgraph=True)
+    hidden, residual = torch.randn(8, 16), torch.randn(8, 16)
+    out = compiled(hidden.clone(), residual)
+    assert torch.equal(out, hidden)  # no control has rows: the stream is untouched
