@@ -175,7 +175,9 @@ def test_abstain_processor_masks_only_abstained_rows(monkeypatch):
     assert proc.rows == {1: ("r3", 5), 2: ("r0", 7)}
     logits = torch.randn(4, 10)
     before = logits.clone()
-    monkeypatch.setattr(entry, "_RUNTIME", SimpleNamespace(abstained={"r3"}, abstain_jobs={}))
+    none = SimpleNamespace(enders={})  # no installed control ends a request here
+    monkeypatch.setattr(entry, "_RUNTIME", SimpleNamespace(abstained={"r3"}, abstain_jobs={},
+                                                           installed=none))
     out = proc.apply(logits)
     assert int(out[1].argmax()) == 5 and torch.isinf(out[1]).sum() == 9  # only eos left
     torch.testing.assert_close(out[[0, 2, 3]], before[[0, 2, 3]])  # r0 did not fire
@@ -183,7 +185,7 @@ def test_abstain_processor_masks_only_abstained_rows(monkeypatch):
     for fired in (1.0, 0.0):
         table = SimpleNamespace(out=torch.tensor([[0.1, 0.0], [0.9, fired]]))
         monkeypatch.setattr(entry, "_RUNTIME", SimpleNamespace(
-            abstained=set(), abstain_jobs={"r0": 1}, jobs=table))
+            abstained=set(), abstain_jobs={"r0": 1}, jobs=table, installed=none))
         out = proc.apply(before.clone())
         if fired:
             assert int(out[2].argmax()) == 7 and torch.isinf(out[2]).sum() == 9
@@ -192,3 +194,31 @@ def test_abstain_processor_masks_only_abstained_rows(monkeypatch):
         torch.testing.assert_close(out[[0, 1, 3]], before[[0, 1, 3]])
     monkeypatch.setattr(entry, "_RUNTIME", None)
     torch.testing.assert_close(proc.apply(before.clone()), before)
+
+
+def test_an_installed_control_ends_its_request_through_a_device_flag(monkeypatch):
+    """WorkerControl.ends_request (react's stop): the processor tracks requests with
+    installed controls and masks a row to its end token where the control's flag is
+    set, read on the device; other rows are untouched."""
+    from vsteer.plugins import abstain, entry
+
+    def plugin_params(rid: str, eos: int):
+        spec = WireSpec(rid=rid, plugins={"react": "{}"})
+        return SimpleNamespace(extra_args={"vsteer": encode(spec)}, eos_token_id=eos,
+                               all_stop_token_ids={eos})
+
+    proc = abstain.AbstainLogitsProcessor(None, torch.device("cpu"), False)
+    proc.update_state(SimpleNamespace(removed=[], moved=[], added=[
+        (0, plugin_params("a", 3), None, []), (1, plugin_params("b", 4), None, []),
+        (2, _params(None, "plain"), None, [])]))
+    assert proc.rows == {0: ("a", 3), 1: ("b", 4)}
+    fired = torch.tensor([0, 1, 0], dtype=torch.int32)  # a react worker's latch per slot
+    installed = SimpleNamespace(enders={"a": (fired, 0), "b": (fired, 1)})
+    monkeypatch.setattr(entry, "_RUNTIME", SimpleNamespace(abstained=set(), abstain_jobs={},
+                                                           installed=installed))
+    logits = torch.randn(3, 8)
+    out = proc.apply(logits.clone())
+    assert int(out[1].argmax()) == 4 and torch.isinf(out[1]).sum() == 7  # b: only its end
+    torch.testing.assert_close(out[[0, 2]], logits[[0, 2]])
+    fired[0] = 1
+    assert int(proc.apply(logits.clone())[0].argmax()) == 3
