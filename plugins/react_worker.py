@@ -37,11 +37,7 @@ def condition_of(c: dict[str, Any]) -> tuple[int, int, np.ndarray, float, float]
             d = RefusalDirection.from_safetensors_bytes(data)
             return KIND_COSINE, int(c["layer"]), d.condition[int(c["layer"])], 0.0, 0.0
         sae = SparseAutoencoder.from_safetensors_bytes(data)
-        f = int(c["feature"])
-        enc = sae.W_enc[:, f]
-        bias = float(sae.b_enc[f]) - (float(sae.b_dec @ enc) if sae.apply_b_dec_to_input
-                                      else 0.0)
-        thr = float(sae.threshold[f]) if sae.threshold is not None else 0.0
+        enc, bias, thr = sae.feature_encoder(int(c["feature"]))
         return KIND_FEATURE, sae.layer, enc, bias, thr
     except (ArtifactError, OSError, KeyError, IndexError) as e:
         raise ControlSetupError(f"react condition: {e}") from e

@@ -107,13 +107,11 @@ class FeaturesWorker(WorkerControl):
                 raise ControlSetupError(f"all {NUM_FEATURE_SLOTS - 1} SAE feature slots "
                                         "are in use")
             f = int(e["feature"])
-            enc = sae.W_enc[:, f]
-            bias = float(sae.b_enc[f]) - (float(sae.b_dec @ enc) if sae.apply_b_dec_to_input
-                                          else 0.0)
+            enc, bias, thr = sae.feature_encoder(f)
             self.dec[s] = torch.from_numpy(np.ascontiguousarray(sae.W_dec[f]))
             self.enc[s] = torch.from_numpy(np.ascontiguousarray(enc))
             self.bias[s] = bias
-            self.thr[s] = float(sae.threshold[f]) if sae.threshold is not None else 0.0
+            self.thr[s] = thr
             self.layer_of[s] = sae.layer
             self._slot_layer[s] = sae.layer
             self.slot_of = {k: v for k, v in self.slot_of.items() if v != s}

@@ -77,6 +77,15 @@ class SparseAutoencoder:
             return np.where(pre > self.threshold, pre, 0.0).astype(np.float32)
         return np.maximum(pre, 0.0)
 
+    def feature_encoder(self, f: int) -> tuple[np.ndarray, float, float]:
+        """(enc [H], bias, threshold) with act[f](x) = pre if pre > threshold else 0,
+        pre = x · enc + bias: feature f's encoder with b_dec folded into the bias."""
+        enc = self.W_enc[:, f]
+        bias = float(self.b_enc[f]) - (float(self.b_dec @ enc) if self.apply_b_dec_to_input
+                                       else 0.0)
+        thr = float(self.threshold[f]) if self.threshold is not None else 0.0
+        return enc, bias, thr
+
     def to_safetensors_bytes(self) -> bytes:
         tensors = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec,
                    "b_dec": self.b_dec}

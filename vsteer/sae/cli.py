@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from vsteer.vector_cli import _store
+
 
 def add_sae_commands(sub: argparse._SubParsersAction) -> None:
     sae = sub.add_parser("sae", help="sparse autoencoders (SAE features)").add_subparsers(
@@ -21,13 +23,6 @@ def add_sae_commands(sub: argparse._SubParsersAction) -> None:
     ls = sae.add_parser("list", help="list imported SAEs")
     ls.add_argument("--artifacts", type=Path, default=None)
     ls.set_defaults(func=_list)
-
-
-def _store(args: argparse.Namespace):
-    from vsteer.artifacts import ArtifactStore
-    from vsteer.vector_cli import default_artifacts
-
-    return ArtifactStore(args.artifacts or default_artifacts())
 
 
 def _import(args: argparse.Namespace) -> int:
