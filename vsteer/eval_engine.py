@@ -28,7 +28,8 @@ class Answer:
 
 class EvalEngine(OfflineEngine):
     def __init__(self, model: str, artifacts: Path, dtype: str = "float32",
-                 max_model_len: int = 1024, **llm_kwargs: Any) -> None:
+                 max_model_len: int = 1024, max_abs_scale: float = 64.0,
+                 **llm_kwargs: Any) -> None:
         from vsteer.artifacts import ArtifactStore
         from vsteer.server.control_resolver import ControlResolver
 
@@ -36,7 +37,7 @@ class EvalEngine(OfflineEngine):
         super().__init__(model, vsteer_additional_config(max_steer_slots=BATCH + 8),
                          max_model_len=max_model_len, dtype=dtype, **llm_kwargs)
         self.resolver = ControlResolver(ArtifactStore(artifacts), self.fingerprint,
-                                        max_abs_scale=64.0,
+                                        max_abs_scale=max_abs_scale,
                                         layer_skip=bool(self.hello.get("layer_skip")))
         self.tok = self.llm.get_tokenizer()
 
