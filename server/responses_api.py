@@ -13,6 +13,7 @@ from vsteer.server.control_resolver import ResolvedControl
 from vsteer.server.errors import APIError
 
 COMPLETED = "response.completed"
+INCOMPLETE = "response.incomplete"
 
 
 def check_responses_body(body: dict[str, Any], resolved: ResolvedControl) -> None:
@@ -42,15 +43,22 @@ def abstain_response(data: dict[str, Any], text: str) -> None:
             for part in item.get("content") or []:
                 if part.get("type") == "output_text":
                     part["text"] = text
+    mark_incomplete(data, "content_filter")
+
+
+def mark_incomplete(data: dict[str, Any], reason: str) -> None:
+    """A Response a control ended early (`reason` as in OpenAI's incomplete_details)."""
     data["status"] = "incomplete"
-    data["incomplete_details"] = {"reason": "content_filter"}
+    data["incomplete_details"] = {"reason": reason}
 
 
 async def responses_stream(events: AsyncIterator[Any], resolved: ResolvedControl,
                            reporter: ControlReporter, release: Callable[[], None],
-                           count_usage: Callable[[dict[str, Any] | None], None]
+                           count_usage: Callable[[dict[str, Any] | None], None],
+                           finish_reason: Callable[[dict[str, Any]], str | None]
                            ) -> AsyncIterator[str]:
-    """vLLM's events as SSE, the `control` report on the completed response."""
+    """vLLM's events as SSE, the `control` report on the completed response; a response
+    a control ended (finish_reason(report) names why) is `response.incomplete`."""
     try:
         async for event in events:
             kind = getattr(event, "type", "unknown")
@@ -62,6 +70,9 @@ async def responses_stream(events: AsyncIterator[Any], resolved: ResolvedControl
             resp = data.get("response") or {}
             count_usage(responses_usage(resp))
             resp["control"] = await reporter.final(resolved, output_tokens(resp))
+            if reason := finish_reason(resp["control"]):
+                mark_incomplete(resp, reason)
+                kind = data["type"] = INCOMPLETE
             yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
     finally:
         release()

@@ -27,6 +27,7 @@ from vsteer.server.errors import APIError, error_response, pydantic_errors_to_ap
 from vsteer.server.responses_api import (
     abstain_response,
     check_responses_body,
+    mark_incomplete,
     output_tokens,
     responses_stream,
     responses_usage,
@@ -142,13 +143,16 @@ class ControlledServing:
     async def _responses_result(self, result: Any, resolved: ResolvedControl,
                                 release: Callable[[], None]) -> Response:
         if hasattr(result, "__aiter__"):
-            return _event_stream(responses_stream(result, resolved, self.reporter, release,
-                                                  self._count_usage), result, release)
+            return _event_stream(responses_stream(
+                result, resolved, self.reporter, release, self._count_usage,
+                lambda control: self._finish_reason(control, resolved)), result, release)
         release()
         data = result.model_dump(mode="json", by_alias=True)
         if _abstained(await self.reporter.probe(resolved)):
             abstain_response(data, ABSTAIN_TEXT)
         data["control"] = await self.reporter.final(resolved, output_tokens(data))
+        if reason := self._finish_reason(data["control"], resolved):
+            mark_incomplete(data, reason)
         self._count_usage(responses_usage(data))
         return JSONResponse(data)
 
@@ -184,21 +188,29 @@ class ControlledServing:
         """Installed controls of this request that may set its finish_reason."""
         return [n for n in resolved.wire.plugins if self.resolver.controls[n].finishes]
 
+    def _finish_reason(self, control: dict[str, Any], resolved: ResolvedControl
+                       ) -> str | None:
+        """Why an installed control ended the reply `control` reports on, if one did."""
+        for name in self._finishing(resolved):
+            rep = control.get(name)
+            if isinstance(rep, dict) and (reason := self.resolver.controls[name]
+                                          .finish_reason(rep)):
+                return reason
+        return None
+
     def _set_finish_reasons(self, choices: list[dict[str, Any]], control: dict[str, Any],
                             resolved: ResolvedControl) -> None:
         """A choice an installed control ended (e.g. react's stop) says so in its
         finish_reason, as OpenAI does for withheld content."""
-        for name in self._finishing(resolved):
-            c = self.resolver.controls[name]
-            for choice in choices:
-                if not choice.get("finish_reason"):
-                    continue
-                per = control.get("choices")
-                i = choice.get("index", 0)
-                rep = (per[i] if per and i < len(per) else control).get(name)
-                reason = c.finish_reason(rep) if isinstance(rep, dict) else None
-                if reason:
-                    choice["finish_reason"] = reason
+        per = control.get("choices")
+        for choice in choices:
+            if not choice.get("finish_reason"):
+                continue
+            i = choice.get("index", 0)
+            reason = self._finish_reason(per[i] if per and i < len(per) else control,
+                                         resolved)
+            if reason:
+                choice["finish_reason"] = reason
 
     @staticmethod
     def _check_abstain(body: dict[str, Any], resolved: ResolvedControl) -> None:

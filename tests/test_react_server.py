@@ -153,6 +153,29 @@ def test_stop_ends_the_reply_at_the_firing_token(server, firing):
     assert chunks[-1]["control"]["react"]["fired_at"] == g
 
 
+def test_a_stop_on_responses_marks_the_response_incomplete(server, sae):
+    """A threshold below every activation fires at the first checked token."""
+    def respond(threshold: float, **kw):
+        return server.client().responses.create(
+            model=MODEL_NAME, input=NEUTRAL[0], max_output_tokens=12, temperature=0,
+            extra_body={"control": {"react": {"when": {"sae": SAE, "feature": 0},
+                                              "threshold": threshold, "action": "stop"}}},
+            **kw)
+
+    plain, stopped = respond(NEVER), respond(-1.0)
+    # 12 tokens end the plain reply as incomplete too, but for its length
+    assert plain.model_extra["control"]["react"]["fired_at"] is None
+    assert plain.status == "completed" or plain.incomplete_details.reason == "max_output_tokens"
+    assert stopped.status == "incomplete"
+    assert stopped.incomplete_details.reason == "content_filter"
+    assert stopped.model_extra["control"]["react"]["fired_at"] == 0
+    assert stopped.usage.output_tokens < plain.usage.output_tokens
+    events = list(respond(-1.0, stream=True))
+    assert events[-1].type == "response.incomplete"
+    assert events[-1].response.incomplete_details.reason == "content_filter"
+    assert events[-1].response.model_extra["control"]["react"]["fired_at"] == 0
+
+
 def test_the_probe_condition_scores_like_the_per_token_probe(server, probe_artifacts):
     q = "What is the capital of Australia?"
     rx = ask(server, q, {"react": {"when": {"probe": PROBE}, "threshold": 2.0}})
