@@ -21,13 +21,26 @@ class HookSite:
 
 
 _LLAMA = HookSite("vllm.model_executor.models.llama", "LlamaDecoderLayer")
+_MODELS = "vllm.model_executor.models."
+
+
+def _site(module: str, layer_class: str) -> HookSite:
+    """A family whose layer has the Llama shape but whose K/V fill is not verified
+    (q/k norms, MLA, sinks, or simply untested): early exit cannot skip its layers."""
+    return HookSite(_MODELS + module, layer_class, kv_fill=False)
+
 
 HOOK_SITES: dict[str, HookSite] = {
     "LlamaForCausalLM": _LLAMA,
     "MistralForCausalLM": _LLAMA,
-    "Qwen2ForCausalLM": HookSite("vllm.model_executor.models.qwen2", "Qwen2DecoderLayer"),
-    "Qwen3ForCausalLM": HookSite("vllm.model_executor.models.qwen3", "Qwen3DecoderLayer",
-                                 kv_fill=False),  # q_norm / k_norm before rotary
+    "Phi3ForCausalLM": _LLAMA,  # vLLM's Phi3 is a LlamaForCausalLM subclass
+    "Qwen2ForCausalLM": HookSite(_MODELS + "qwen2", "Qwen2DecoderLayer"),
+    "Qwen3ForCausalLM": _site("qwen3", "Qwen3DecoderLayer"),  # q_norm / k_norm
+    "Gemma2ForCausalLM": _site("gemma2", "Gemma2DecoderLayer"),
+    "Gemma3ForCausalLM": _site("gemma3", "Gemma3DecoderLayer"),  # q_norm / k_norm
+    "MixtralForCausalLM": _site("mixtral", "MixtralDecoderLayer"),
+    "Qwen2MoeForCausalLM": _site("qwen2_moe", "Qwen2MoeDecoderLayer"),
+    "Qwen3MoeForCausalLM": _site("qwen3_moe", "Qwen3MoeDecoderLayer"),
 }
 
 

@@ -171,7 +171,7 @@ def lens_argmax(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     (final norm + LM head + vLLM's logits processing), [n] int64."""
 
     def head(x: torch.Tensor) -> torch.Tensor:
-        normed = model.model.norm(x.to(model.lm_head.weight.dtype))
+        normed = model.model.norm(x.to(model.model.norm.weight.dtype))  # Gemma2: no lm_head
         return model.compute_logits(normed).argmax(dim=-1)
 
     return head

