@@ -56,7 +56,7 @@ def main() -> int:
     from vsteer.model import resolve_model
     from vsteer.refusal.data import load_prompts
     from vsteer.refusal.hf_model import HFModel
-    from vsteer.sae.contrast import contrast_features
+    from vsteer.sae.contrast import contrast_features, token_activations
     from vsteer.stats import paired_delta_ci
 
     data = resources.files("vsteer.data")
@@ -66,8 +66,9 @@ def main() -> int:
     hf = HFModel(model_dir)
     ranked = contrast_features(hf, sae, pairs)
     picks = {"f+": ranked[0], "f-": ranked[-1]}
-    texts = [t for pair in pairs for t in pair]
-    peak = {k: _peak(hf, sae, texts, c.feature) for k, c in picks.items()}
+    # each feature's largest activation over the selection texts' tokens
+    acts = np.concatenate(token_activations(hf, sae, [t for pair in pairs for t in pair]))
+    peak = {k: max(float(acts[:, c.feature].max()), 0.0) for k, c in picks.items()}
     del hf
     prompts = load_prompts(Path(str(data.joinpath("exit_prompts.jsonl"))))[: args.limit]
     multiples = [float(x) for x in args.multiples.split(",")]
@@ -101,16 +102,6 @@ def main() -> int:
     (args.out / "sae_sentiment.json").write_text(json.dumps(report, indent=2) + "\n")
     _plot(args.out / "sae_sentiment.png", rows, args.sae)
     return 0
-
-
-def _peak(hf, sae, texts: list[str], feature: int) -> float:
-    """The feature's largest activation over the selection texts' tokens."""
-    best = 0.0
-    for t in texts:
-        ids = hf.tok(t)["input_ids"]
-        states = hf.streams([ids])[sae.layer][0, 1:]  # [T-1, H]
-        best = max(best, float(sae.encode(states.numpy())[:, feature].max()))
-    return best
 
 
 def _plot(path: Path, rows: list[dict], name: str) -> None:

@@ -26,7 +26,7 @@ _MODELS = "vllm.model_executor.models."
 
 def _site(module: str, layer_class: str) -> HookSite:
     """A family whose layer has the Llama shape but whose K/V fill is not verified
-    (q/k norms, MLA, sinks, or simply untested): early exit cannot skip its layers."""
+    (q/k norms before rotary, or simply untested): early exit cannot skip its layers."""
     return HookSite(_MODELS + module, layer_class, kv_fill=False)
 
 

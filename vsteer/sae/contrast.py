@@ -32,16 +32,20 @@ class FeatureContrast:
 
 
 @torch.no_grad()
-def mean_activations(m: HFModel, sae: SparseAutoencoder, texts: list[str],
-                     batch: int = 16) -> np.ndarray:
-    """[F]: the mean over texts of each text's token-mean activation."""
-    per_text = []
+def token_activations(m: HFModel, sae: SparseAutoencoder, texts: list[str],
+                      batch: int = 16) -> list[np.ndarray]:
+    """Per text, act [T - 1, F] at its tokens (plain text, the first token dropped)."""
+    out = []
     for chunk in chunks(texts, batch):
         seqs = [m.tok(t)["input_ids"] for t in chunk]
         states = m.streams(seqs)[sae.layer]  # [B, T, H], right-padded
-        for i, s in enumerate(seqs):
-            per_text.append(sae.encode(states[i, 1:len(s)].numpy()).mean(0))  # [F]
-    return np.mean(per_text, axis=0)
+        out += [sae.encode(states[i, 1:len(s)].numpy()) for i, s in enumerate(seqs)]
+    return out
+
+
+def mean_activations(m: HFModel, sae: SparseAutoencoder, texts: list[str]) -> np.ndarray:
+    """[F]: the mean over texts of each text's token-mean activation."""
+    return np.mean([a.mean(0) for a in token_activations(m, sae, texts)], axis=0)
 
 
 def contrast_features(m: HFModel, sae: SparseAutoencoder,
