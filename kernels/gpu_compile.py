@@ -33,7 +33,7 @@ from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from vsteer.kernels import jobs_triton, steer_triton
+from vsteer.kernels import expert_route_triton, jobs_triton, steer_triton
 from vsteer.wire import MAX_STEER_ENTRIES
 
 TARGETS = (80, 90)  # sm_80 (A100), sm_90 (H100: Triton targets sm_90a)
@@ -113,6 +113,31 @@ def launches(dtype: str, hidden_size: int) -> list[Launch]:
             inv_norms_ptr=f32, out_ptr=f32,
             layer=LAYER, hidden_size=h, num_layers=NUM_LAYERS, stride_hidden=h,
             stride_residual=h), jobs_triton.launch_config(h, res)))
+    return out
+
+
+# (experts, top_k) of the routers the expert kernels meet: Mixtral, Qwen3-MoE,
+# DeepSeek-V3 / GPT-OSS-sized
+EXPERT_SHAPES = ((8, 2), (64, 8), (128, 8), (256, 8))
+
+
+def expert_launches(dtype: str) -> list[Launch]:
+    """What the expert-routing wrappers launch for router logits of this dtype (the
+    force kernel's weights are always fp32; ids int32 or int64)."""
+    out = []
+    for E, K in EXPERT_SHAPES:
+        cfg = expert_route_triton.launch_config(E, K)
+        mask_cfg = {"BLOCK_E": cfg["BLOCK_E"], "num_warps": cfg["num_warps"]}
+        out.append(_launch(f"expert_mask-e{E}", expert_route_triton._expert_mask_kernel, dict(
+            logits_ptr=Ptr(dtype), out_ptr=Ptr(dtype), token_slot_ptr=Ptr("i32"),
+            route_ptr=Ptr("fp32"), layer=LAYER, num_layers=NUM_LAYERS, num_experts=E,
+            stride_logits=E), mask_cfg))
+        ids = "i32" if dtype != "fp32" else "i64"  # both id widths, over the dtypes
+        out.append(_launch(f"expert_force-e{E}k{K}-{ids}",
+                           expert_route_triton._expert_force_kernel, dict(
+            weights_ptr=Ptr("fp32"), ids_ptr=Ptr(ids), token_slot_ptr=Ptr("i32"),
+            route_ptr=Ptr("fp32"), counts_ptr=Ptr("i32"), layer=LAYER,
+            num_layers=NUM_LAYERS, num_experts=E, top_k=K), cfg))
     return out
 
 

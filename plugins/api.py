@@ -8,6 +8,8 @@ vLLM worker, and routes `control.<name>` to it:
     server  (HTTP thread)      Control.resolve(request, ResolveContext) -> Resolution
                                every 4xx raised here, before anything is enqueued
     worker  (model load)       Control.worker(WorkerContext) -> WorkerControl
+                               WorkerControl.attach(model): hooks of its own (optional)
+                               WorkerControl.describe() -> what resolve sees as ctx.worker
             (first schedule)   WorkerControl.setup(wire, prompt_tokens) -> state
             (every step)       WorkerControl.plan([RequestRows ...])   host side
             (every layer)      WorkerControl.on_layer(layer, hidden, residual)
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -79,6 +81,8 @@ class ResolveContext:
     load_artifact: Callable[[str, str, str], Any] | None = None
     n: int = 1  # choices the request asks for
     stops_at_eos: bool = True  # False with ignore_eos or min_tokens > 0
+    # what this control's worker half described at start (WorkerControl.describe)
+    worker: dict[str, Any] = field(default_factory=dict)
 
     def error(self, message: str, field: str | None = None, code: str = "invalid_value"):
         """The 400 to raise for this control's `field` (OpenAI error shape)."""
@@ -117,6 +121,16 @@ class RequestRows:
 
 
 class WorkerControl(ABC):
+    def attach(self, model: torch.nn.Module) -> None:  # noqa: B027  (optional hook)
+        """The model is loaded, before vLLM compiles or captures it: install hooks of
+        this control's own on its modules (the `experts` control edits each MoE
+        router's pick). Touch vLLM internals only through vllm_compat modules."""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON facts the worker found at attach (e.g. the model's MoE layers), sent
+        to the server once and given to resolve as ResolveContext.worker."""
+        return {}
+
     @abstractmethod
     def setup(self, wire: dict[str, Any], prompt_tokens: int) -> Any:
         """Per request, once, on the host; raise ControlSetupError if it cannot run."""

@@ -41,6 +41,14 @@ class InstalledControls:
 
             self._handle = register_runner(self._run_busy)
 
+    def attach(self, model: torch.nn.Module) -> None:
+        for wc in self.workers.values():
+            wc.attach(model)
+
+    def describe(self) -> dict[str, dict]:
+        """Each control's WorkerControl.describe(), by name (the worker's hello)."""
+        return {name: wc.describe() for name, wc in self.workers.items()}
+
     def setup(self, rc: RequestControls, wires: dict[str, str]) -> None:
         """Set up the request's installed controls; what fails goes to rc.errors."""
         for name, wire in wires.items():

@@ -105,8 +105,9 @@ class ControlRuntime:
 
     def attach_model(self, model, layer_class: str, kv_fill: bool) -> None:
         """Early exit needs the model's head (observe) and, in eager mode, a skip test
-        on each decoder layer (exit)."""
+        on each decoder layer (exit); installed controls may hook modules of their own."""
         self.step_jobs.lens = compat.lens_argmax(model)
+        self.installed.attach(model)
         if self.eager and kv_fill:
             self.can_skip = compat.install_layer_skip(model, layer_class, self.skips) > 0
             self.setup.can_skip = self.can_skip
@@ -116,7 +117,8 @@ class ControlRuntime:
         self.channel.send({"type": "hello", "pid": os.getpid(), "rank": self.shape.tp_rank,
                            "fingerprint": self.fingerprint.to_dict(), "backend": self.backend,
                            "backends": self.backends, "slots": self.slots.num_slots,
-                           "eager": self.eager, "layer_skip": self.can_skip})
+                           "eager": self.eager, "layer_skip": self.can_skip,
+                           "controls": self.installed.describe()})
 
     def skips(self, layer: int) -> bool:
         after = self.step_jobs.skip_after

@@ -96,7 +96,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 admission = SlotAdmission(cfg.max_steer_slots)
                 resolver = ControlResolver(store, fingerprint, cfg.max_abs_scale,
                                            bool(hello.get("layer_skip")),
-                                           max_model_len=engine.model_config.max_model_len)
+                                           max_model_len=engine.model_config.max_model_len,
+                                           worker_info=hello.get("controls"))
                 app.state.vsteer = VsteerState(
                     Auth(cfg.api_keys, cfg.admin_key, policy, cfg.rate_limit), store,
                     fingerprint,

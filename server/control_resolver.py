@@ -74,9 +74,10 @@ class ResolvedControl:
 class ControlResolver:
     def __init__(self, store: ArtifactStore, fingerprint: ModelFingerprint,
                  max_abs_scale: float, layer_skip: bool = False,
-                 controls: dict[str, Control] | None = None, max_model_len: int = 0
-                 ) -> None:
+                 controls: dict[str, Control] | None = None, max_model_len: int = 0,
+                 worker_info: dict[str, dict[str, Any]] | None = None) -> None:
         self.controls = installed_controls() if controls is None else controls
+        self.worker_info = worker_info or {}  # the worker's hello: control -> describe()
         self.max_model_len = max_model_len
         self.store = store
         self.fingerprint = fingerprint
@@ -170,7 +171,8 @@ class ControlResolver:
                 raise pydantic_errors_to_api_error(e, param) from None
             ctx = ResolveContext(self.fingerprint, param, bound, partial(self._vector, who),
                                  self.max_model_len, max_tokens,
-                                 partial(self._artifact, who), n, stops_at_eos)
+                                 partial(self._artifact, who), n, stops_at_eos,
+                                 self.worker_info.get(name, {}))
             res = control.resolve(request, ctx)
             wires[name] = json.dumps(res.wire)
             applied[name] = res.applied

@@ -2,7 +2,7 @@
 literal code in server/ and vsteer/ must be listed here (tests/test_error_codes.py)."""
 
 # Kinds `load_artifact` resolves (refusal_resolver.LABELS); each has an unknown_<kind>.
-ARTIFACT_KINDS = ("vector", "direction", "controller", "probe", "exit", "sae")
+ARTIFACT_KINDS = ("vector", "direction", "controller", "probe", "exit", "sae", "experts")
 
 ERROR_CODES = frozenset({
     # An artifact named in a request or a /v1/control route.
@@ -32,6 +32,9 @@ ERROR_CODES = frozenset({
     "too_many_slots",  # more steering slots than the server has
     "capture_too_large",  # a capture above the server's bytes per reply
     "feature_out_of_range",  # an SAE feature index beyond the SAE's features
+    "expert_out_of_range",  # an expert id beyond the model's router
+    "layer_not_moe",  # a layer without a controllable mixture-of-experts block
+    "too_many_experts",  # more forced than top-k, or fewer than top-k left on
     "not_supported",  # the server's configuration cannot do it (exit without eager mode)
     "unsupported_combination",  # two features that cannot be served together
     "unknown_request",  # 404: no trace of that control.request_id (unknown or aged out)

@@ -25,7 +25,7 @@ class ResolvedRefusal:
 
 LABELS = {"vector": "steering vector", "direction": "refusal direction",
           "controller": "refusal controller", "probe": "hallucination probe",
-          "exit": "exit predictor", "sae": "SAE"}
+          "exit": "exit predictor", "sae": "SAE", "experts": "expert set"}
 
 
 def load_artifact(store: ArtifactStore, fp: ModelFingerprint, kind: str, name: str,

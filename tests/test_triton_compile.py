@@ -4,7 +4,9 @@ The interpreter (tests/triton_interp) accepts code the compiler rejects, e.g. a 
 module-level int read inside @triton.jit; this runs Triton's front end and its bundled
 ptxas for sm_80 and sm_90 (kernels/gpu_compile.py) over what the wrappers launch:
     steer, jobs: {fp16, bf16, fp32} x hidden {576, 4096, 8192} x HAS_RESIDUAL
-        {True, False}, BLOCK_* and num_warps from the wrapper's own launch_config.
+        {True, False}, BLOCK_* and num_warps from the wrapper's own launch_config;
+    expert_mask, expert_force: router logits {fp16, bf16, fp32} x (experts, top-k)
+        {(8, 2), (64, 8), (128, 8), (256, 8)}, ids int32 and int64.
 Each (launch, target) compiles once per session. Registers and spills are compiler
 outputs read from ptxas's report; they are checked to be reported and to let a block
 launch, not against a number (bench/triton_compile.py prints them).
@@ -32,6 +34,7 @@ from vsteer.kernels.gpu_compile import (  # noqa: E402  (after the skips)
     REGISTER_FILE,
     TARGETS,
     compile_launch,
+    expert_launches,
     launches,
 )
 
@@ -40,6 +43,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION is unse
 CASES = [pytest.param(launch, cc, id=f"sm{cc}-{dtype}-h{hidden}-{launch.label}")
          for cc in TARGETS for dtype in DTYPES for hidden in HIDDEN_SIZES
          for launch in launches(dtype, hidden)]
+CASES += [pytest.param(launch, cc, id=f"sm{cc}-{dtype}-{launch.label}")
+          for cc in TARGETS for dtype in DTYPES for launch in expert_launches(dtype)]
 
 
 @pytest.mark.parametrize("launch,cc", CASES)
@@ -63,9 +68,9 @@ def test_every_kernel_is_covered():
     grid above; every other one is a device function a covered kernel calls."""
     import triton
 
-    from vsteer.kernels import jobs_triton, steer_triton
+    from vsteer.kernels import expert_route_triton, jobs_triton, steer_triton
 
-    defined = {fn for m in (steer_triton, jobs_triton)
+    defined = {fn for m in (steer_triton, jobs_triton, expert_route_triton)
                for fn in vars(m).values() if isinstance(fn, triton.runtime.JITFunction)}
     kernels = {fn for fn in defined if fn.__name__.endswith("_kernel")}
     covered = {p.values[0].fn for p in CASES}

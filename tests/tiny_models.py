@@ -32,15 +32,18 @@ FAMILIES: dict[str, tuple[str, str, dict]] = {
 }
 
 
-def build_tiny_model(family: str, tokenizer_dir: Path, out: Path, seed: int = 0) -> Path:
-    """Save a random `family` model (fp32 weights) with the tokenizer of tokenizer_dir."""
+def build_tiny_model(family: str, tokenizer_dir: Path, out: Path, seed: int = 0,
+                     **overrides) -> Path:
+    """Save a random `family` model (fp32 weights) with the tokenizer of tokenizer_dir;
+    `overrides` replace config fields (e.g. num_local_experts)."""
     import torch
     import transformers
     from transformers import AutoTokenizer
 
     cfg_name, model_name, extra = FAMILIES[family]
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    cfg = getattr(transformers, cfg_name)(**{**_COMMON, **extra}, vocab_size=len(tok),
+    cfg = getattr(transformers, cfg_name)(**{**_COMMON, **extra, **overrides},
+                                          vocab_size=len(tok),
                                           bos_token_id=tok.bos_token_id,
                                           eos_token_id=tok.eos_token_id,
                                           pad_token_id=tok.pad_token_id)
@@ -48,7 +51,7 @@ def build_tiny_model(family: str, tokenizer_dir: Path, out: Path, seed: int = 0)
     model = getattr(transformers, model_name)(cfg).to(torch.float32)
     with torch.no_grad():  # the init's tiny std leaves every layer near the identity
         for p in model.parameters():
-            if p.ndim == 2:
+            if p.ndim >= 2:  # matrices, and stacked experts [E, out, in]
                 p.normal_(0.0, 0.08)
     model.save_pretrained(out)
     tok.save_pretrained(out)

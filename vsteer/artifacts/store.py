@@ -21,6 +21,7 @@ from typing import Any
 from vsteer.artifacts.controller import RefusalController
 from vsteer.artifacts.direction import RefusalDirection
 from vsteer.artifacts.exit_predictor import ExitPredictor
+from vsteer.artifacts.expert_set import ExpertSet
 from vsteer.artifacts.probe import HallucinationProbe
 from vsteer.artifacts.sae import SparseAutoencoder
 from vsteer.artifacts.tensors_file import ArtifactError, read_safetensors_metadata
@@ -73,6 +74,7 @@ PARSERS: dict[str, Callable[[bytes], Any]] = {
     "probe": HallucinationProbe.from_safetensors_bytes,
     "exit": ExitPredictor.from_safetensors_bytes,
     "sae": SparseAutoencoder.from_safetensors_bytes,
+    "experts": ExpertSet.from_safetensors_bytes,
 }
 
 
