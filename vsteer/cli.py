@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from vsteer.early_exit.cli import add_exit_bench, add_exit_commands
+    from vsteer.experts.cli import add_experts_commands
     from vsteer.probe.cli import add_probe_commands, add_probe_eval
     from vsteer.refusal.cli import add_refusal_commands, add_refusal_eval
     from vsteer.sae.cli import add_sae_commands
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     add_refusal_commands(sub)
     add_probe_commands(sub)
     add_sae_commands(sub)
+    add_experts_commands(sub)
     evals = sub.add_parser("eval", help="evaluate controls").add_subparsers(metavar="WHAT")
     add_refusal_eval(evals)
     add_probe_eval(evals)

@@ -1,0 +1,1 @@
+"""Offline tooling of the `experts` control: find expert sets (MoTE's recipe)."""
