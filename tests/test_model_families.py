@@ -74,3 +74,41 @@ def test_a_mixed_batch_equals_solo_runs(family):
     solo = [ask(srv, p, c) for p, c in cases]
     assert [text(t) for t in together] == [text(s) for s in solo]
     assert text(solo[0]) != text(solo[1])  # the vector changes this model's reply
+
+
+def test_expert_control_on_moe_families_and_refused_on_dense_ones(family):
+    """MoE families: an expert switched off gets none of the request's tokens, and `off`
+    for every expert the request never used leaves its stream exactly as it was. Dense
+    families: `experts` is a 400 not_supported, before the engine."""
+    import httpx
+
+    from conftest import API_KEY
+
+    name, srv, hf, _ = family
+    cap = {"layers": CAP, "positions": "all"}
+    if not hasattr(hf.config, "num_experts_per_tok"):
+        r = httpx.post(srv.base_url + "/v1/completions", timeout=60, headers={
+            "Authorization": f"Bearer {API_KEY}"}, json={
+            "model": MODEL_NAME, "prompt": PROMPT, "max_tokens": 1,
+            "control": {"experts": [{"experts": [0]}]}})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "not_supported", r.text
+        return
+    E = hf.config.num_local_experts if name == "mixtral" else hf.config.num_experts
+    routing = {"experts": {"routing": True}}
+    plain = complete(srv, PROMPT, routing)
+    busiest = max(plain["control"]["experts"]["routing"]["0"].items(), key=lambda kv: kv[1])
+    off = complete(srv, PROMPT, {"experts": {
+        "rules": [{"layers": [0], "experts": [int(busiest[0])]}], "routing": True}})
+    assert off["control"]["experts"]["rules"][0]["routed"] == 0
+    assert busiest[0] not in off["control"]["experts"]["routing"]["0"]
+    # one prompt token, one step: the request uses k of the E experts at each layer
+    one = complete(srv, "Hello", {**routing, "capture": cap}, max_tokens=1)
+    used = {int(la): {int(e) for e in d} for la, d in
+            one["control"]["experts"]["routing"].items()}
+    unused = [{"layers": [la], "experts": sorted(set(range(E)) - es)}
+              for la, es in used.items()]
+    assert all(r["experts"] for r in unused)
+    same = complete(srv, "Hello", {"experts": unused, "capture": cap}, max_tokens=1)
+    assert all(r["routed"] == 0 for r in same["control"]["experts"]["rules"])
+    np.testing.assert_allclose(decode_capture(same["control"]["capture"]),
+                               decode_capture(one["control"]["capture"]), rtol=0, atol=1e-5)
