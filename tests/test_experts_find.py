@@ -40,7 +40,8 @@ def hf_shares(hf, tok, prompts) -> np.ndarray:
         ids = tok(chat_text(tok, p), add_special_tokens=False, return_tensors="pt").input_ids
         picks = []
         hooks = [layer.mlp.gate.register_forward_hook(
-            lambda _m, _a, out: picks.append(out[2])) for layer in hf.model.layers]
+            lambda _m, _a, out, picks=picks: picks.append(out[2]))
+            for layer in hf.model.layers]
         try:
             with torch.no_grad():
                 hf(ids)
