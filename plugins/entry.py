@@ -25,13 +25,14 @@ _RUNTIME = None  # ControlRuntime in a worker whose engine vsteer configured
 def register() -> None:
     compat.check_vllm_version()
     compat.refuse_vsteer_on_v2_runners()
-    for site in {(s.module, s.layer_class) for s in HOOK_SITES.values()}:
+    for module, layer_class, call in {(s.module, s.layer_class, s.call)
+                                      for s in HOOK_SITES.values()}:
         try:
-            cls = compat.decoder_layer_class(*site)
+            cls = compat.decoder_layer_class(module, layer_class)
         except (ImportError, AttributeError) as e:
-            log.warning("vsteer: hook site %s.%s unavailable: %s", *site, e)
+            log.warning("vsteer: hook site %s.%s unavailable: %s", module, layer_class, e)
             continue
-        compat.patch_decoder_layer(cls, _on_layer)
+        compat.patch_decoder_layer(cls, _on_layer, call)
     compat.patch_model_runner(_on_loaded, _before_forward, _after_forward)
 
 

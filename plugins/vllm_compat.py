@@ -103,9 +103,10 @@ def decoder_layer_class(module: str, name: str) -> type:
     return getattr(import_module(module), name)
 
 
-def patch_decoder_layer(cls: type, hook: LayerHook) -> None:
+def patch_decoder_layer(cls: type, hook: LayerHook, call: str = "pair") -> None:
     """Record each layer's index at construction; call `hook(idx, hidden, residual)`
-    on the `(hidden, residual)` pair the layer returns. Idempotent."""
+    on what the layer returns (plugins/hook_sites.py: `call` is the forward's shape;
+    a "stream" layer's output is the whole stream, residual None). Idempotent."""
     if getattr(cls, "_vsteer_patched", False):
         return
     from vllm.model_executor.models.utils import extract_layer_index
@@ -119,15 +120,32 @@ def patch_decoder_layer(cls: type, hook: LayerHook) -> None:
         prefix = init_sig.bind(self, *args, **kwargs).arguments.get("prefix", "")
         self._vsteer_layer = extract_layer_index(prefix)
 
-    @functools.wraps(orig_forward)
-    def forward(self, positions, hidden_states, residual, *args, **kwargs):
-        skip = self._vsteer_skip  # None unless an eager runtime installed it
-        if skip is not None and residual is not None and skip(self._vsteer_layer):
-            fill_kv_from_stream(self, positions, hidden_states + residual)
-            return hidden_states, residual
-        hidden, res = orig_forward(self, positions, hidden_states, residual, *args, **kwargs)
-        hook(self._vsteer_layer, hidden, res)
-        return hidden, res
+    if call == "pair":
+        @functools.wraps(orig_forward)
+        def forward(self, positions, hidden_states, residual, *args, **kwargs):
+            skip = self._vsteer_skip  # None unless an eager runtime installed it
+            if skip is not None and residual is not None and skip(self._vsteer_layer):
+                fill_kv_from_stream(self, positions, hidden_states + residual)
+                return hidden_states, residual
+            hidden, res = orig_forward(self, positions, hidden_states, residual, *args,
+                                       **kwargs)
+            hook(self._vsteer_layer, hidden, res)
+            return hidden, res
+    elif call == "pair_hidden_first":
+        @functools.wraps(orig_forward)
+        def forward(self, hidden_states, positions, residual, *args, **kwargs):
+            hidden, res = orig_forward(self, hidden_states, positions, residual, *args,
+                                       **kwargs)
+            hook(self._vsteer_layer, hidden, res)
+            return hidden, res
+    elif call == "stream":
+        @functools.wraps(orig_forward)
+        def forward(self, positions, hidden_states, *args, **kwargs):
+            stream = orig_forward(self, positions, hidden_states, *args, **kwargs)
+            hook(self._vsteer_layer, stream, None)
+            return stream
+    else:
+        raise ValueError(f"unknown decoder-layer shape {call!r}")
 
     cls.__init__, cls.forward = __init__, forward
     cls._vsteer_skip = None

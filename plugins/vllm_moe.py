@@ -50,8 +50,11 @@ def _why_not(runner: Any, router: Any) -> str:
         return f"its router is {name}, not a softmax top-k router"
     if getattr(router, "scoring_func", "softmax") != "softmax":
         return f"its router scores with {router.scoring_func}, not softmax"
-    if getattr(router, "use_grouped_topk", False):
-        return "its router picks in groups (grouped top-k)"
+    groups = getattr(router, "num_expert_group", None) or 1
+    if getattr(router, "use_grouped_topk", False) and groups > 1:
+        # one group is a plain top-k; with more, a picked group may hold fewer than k
+        # experts still on, and the pick would then land on one switched off
+        return f"its router picks in {groups} groups (grouped top-k)"
     if getattr(router, "e_score_correction_bias", None) is not None:
         return "its router adds a score-correction bias before the pick"
     if getattr(router, "custom_routing_function", None) is not None:

