@@ -100,6 +100,9 @@ class ExpertsWorker(WorkerControl):
 
     # -- per step -------------------------------------------------------------------------
     def plan(self, rows: list[RequestRows]) -> None:
+        if not rows and not self._last_t:  # nothing to write, nothing to clear
+            self._ran, self._read = [], None
+            return
         self.fence.wait()
         ts = self.token_slot.np
         ts[: self._last_t] = -1

@@ -27,13 +27,28 @@ def test_version_mismatch_is_refused(monkeypatch):
         compat.check_vllm_version()
 
 
-@pytest.mark.parametrize("site", sorted({(s.module, s.layer_class) for s in HOOK_SITES.values()}))
-def test_hook_site_layers_take_positions_hidden_residual(site):
-    cls = compat.decoder_layer_class(*site)
+# the leading forward parameters of each declared layer shape (plugins/hook_sites.py)
+SHAPES = {"pair": ["self", "positions", "hidden_states", "residual"],
+          "pair_hidden_first": ["self", "hidden_states", "positions", "residual"],
+          "stream": ["self", "positions", "hidden_states"]}
+
+
+@pytest.mark.parametrize("site", sorted({(s.module, s.layer_class, s.call)
+                                         for s in HOOK_SITES.values()}))
+def test_hook_site_layers_take_their_declared_arguments(site):
+    cls = compat.decoder_layer_class(*site[:2])
     params = list(inspect.signature(cls.forward).parameters)
-    assert params[:4] == ["self", "positions", "hidden_states", "residual"], (
-        f"{site}: forward signature changed to {params}")
+    want = SHAPES[site[2]]
+    assert params[:len(want)] == want, f"{site}: forward signature changed to {params}"
+    if site[2] == "stream":  # the layer adds its own residual: nothing else comes in
+        assert len(params) == len(want), f"{site}: forward takes {params}"
     assert "prefix" in inspect.signature(cls.__init__).parameters, f"{site}: no prefix kwarg"
+
+
+def test_an_unknown_layer_shape_is_refused():
+    with pytest.raises(ValueError, match="unknown decoder-layer shape"):
+        compat.patch_decoder_layer(type("Layer", (), {"forward": lambda self: None}),
+                                   lambda *a: None, "sideways")
 
 
 def test_layer_index_helper():
@@ -258,6 +273,6 @@ def test_vllm_cpu_has_no_ray_executor():
 def test_an_architecture_without_a_hook_site_is_refused_naming_the_supported():
     from vsteer.plugins.hook_sites import site_for
 
-    with pytest.raises(ValueError, match="no hook site for GraniteForCausalLM") as e:
-        site_for("GraniteForCausalLM")
+    with pytest.raises(ValueError, match="no hook site for Olmo2ForCausalLM") as e:
+        site_for("Olmo2ForCausalLM")
     assert "MixtralForCausalLM" in str(e.value) and "Gemma3ForCausalLM" in str(e.value)
