@@ -11,7 +11,11 @@ import logging
 
 import torch
 
-from vsteer.kernels.expert_route_torch import expert_force_torch, expert_mask_torch
+from vsteer.kernels.expert_route_torch import (
+    expert_count_torch,
+    expert_force_torch,
+    expert_mask_torch,
+)
 from vsteer.kernels.library import LIB
 
 log = logging.getLogger("vsteer.kernels")
@@ -43,6 +47,8 @@ def _mask_cpu(logits, token_slot, route, active, layer):
 def _force_cpu(weights, ids, token_slot, route, counts, active, layer):
     if int(active[0]) == 0:
         return weights.clone(), ids.clone()
+    if not bool((route[:, layer] > 0).any()):  # no request forces an expert here
+        return expert_count_torch(weights, ids, token_slot, route, counts, layer)
     return expert_force_torch(weights, ids, token_slot, route, counts, layer)
 
 

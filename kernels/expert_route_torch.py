@@ -22,6 +22,25 @@ def expert_mask_torch(logits: torch.Tensor, token_slot: torch.Tensor, route: tor
     return logits.masked_fill((r < 0) & on[:, None], float("-inf"))  # [T, E]
 
 
+def count_routed(ids: torch.Tensor, on: torch.Tensor, s: torch.Tensor, counts: torch.Tensor,
+                 layer: int) -> None:
+    """counts[s[t], layer, ids[t, j]] += 1 for tokens t with on[t]."""
+    T, K = ids.shape
+    _, L, E = counts.shape
+    flat = (s[:, None] * L + layer) * E + ids.long()  # [T, K] into counts.view(-1)
+    counts.view(-1).scatter_add_(0, flat.reshape(-1),
+                                 on[:, None].expand(T, K).reshape(-1).to(counts.dtype))
+
+
+def expert_count_torch(weights: torch.Tensor, ids: torch.Tensor, token_slot: torch.Tensor,
+                       route: torch.Tensor, counts: torch.Tensor, layer: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """expert_force where no route slot forces an expert at `layer`: only the counts."""
+    slot = token_slot[: ids.shape[0]].long()
+    count_routed(ids, slot >= 0, slot.clamp_min(0), counts, layer)
+    return weights.clone(), ids.clone()
+
+
 def expert_force_torch(weights: torch.Tensor, ids: torch.Tensor, token_slot: torch.Tensor,
                        route: torch.Tensor, counts: torch.Tensor, layer: int
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,7 +68,5 @@ def expert_force_torch(weights: torch.Tensor, ids: torch.Tensor, token_slot: tor
     new_e = miss_e.gather(1, rank)  # [T, K]
     ids_out = torch.where(takes, new_e, idl)
     w_out = torch.where(present, r_at, torch.where(takes, r.gather(1, new_e), w))
-    flat = (s[:, None] * L + layer) * E + ids_out  # [T, K] into counts.view(-1)
-    counts.view(-1).scatter_add_(0, flat.reshape(-1),
-                                 on[:, None].expand(T, K).reshape(-1).to(counts.dtype))
+    count_routed(ids_out, on, s, counts, layer)
     return w_out.to(weights.dtype), ids_out.to(ids.dtype)

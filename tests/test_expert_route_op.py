@@ -86,3 +86,18 @@ def test_off_experts_are_never_chosen_after_the_mask():
         if s >= 0:
             off = set(torch.nonzero(c.route[s, c.layer] < 0).flatten().tolist())
             assert not off & set(picked[t].tolist())
+
+
+def test_the_op_without_forced_experts_only_counts():
+    """No route slot forces an expert at the layer: the op's cheaper path (mask, pick,
+    count) still equals the reference."""
+    c = routing_case(11, 40, 16, 4)
+    c.route.clamp_(max=0.0)  # off entries only
+    active = torch.ones(1, dtype=torch.int64)
+    counts, n_ref = (torch.zeros(c.route.shape, dtype=torch.int32) for _ in range(2))
+    w, ids = torch.ops.vsteer.expert_force(c.weights, c.ids, c.token_slot, c.route, counts,
+                                           active, c.layer)
+    w_ref, i_ref = expert_force_reference(c.weights, c.ids, c.token_slot, c.route, n_ref,
+                                          c.layer)
+    assert torch.equal(ids, i_ref) and torch.equal(w, w_ref) and torch.equal(counts, n_ref)
+    assert int(counts.sum()) > 0
