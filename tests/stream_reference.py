@@ -71,6 +71,27 @@ def edited_states(hf_model, ids: list[int], edits: dict[int, Edit], layers: list
     return [hs[la + 1][0].numpy().copy() for la in layers]
 
 
+def serve_with_random_vector(model_dir, tmp, layer: int, seed: int):
+    """`vsteer serve` on `model_dir` with a random unit steering vector "rand" at
+    `layer` in its artifact store, and transformers' fp32 copy of the model:
+    (server, transformers model, the vector [H]). The caller stops the server."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from vsteer.artifacts import ArtifactStore, ModelFingerprint, SteeringVector
+
+    from conftest import start_server
+
+    fp = ModelFingerprint.from_hf_config(AutoConfig.from_pretrained(model_dir))
+    v = np.random.default_rng(seed).standard_normal(fp.hidden_size).astype(np.float32)
+    v /= np.linalg.norm(v)
+    ArtifactStore(tmp / "artifacts").save_vector(
+        "rand", SteeringVector({layer: v}, fp, method="random"))
+    srv = start_server(model_dir, tmp / "artifacts", tmp, "--served-model-name", MODEL_NAME)
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return srv, hf, v
+
+
 def assert_close(got: np.ndarray, ref: list[np.ndarray], layers: list[int],
                  tol: float = 2e-3) -> None:
     """Per layer and position, relative to the reference's norm (fp32 against fp32,

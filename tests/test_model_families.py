@@ -8,12 +8,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vsteer.artifacts import ArtifactStore, ModelFingerprint, SteeringVector
 from vsteer.plugins.hook_sites import HOOK_SITES
 
 from chat_api import MAX_TOKENS, ask, ask_together_shared, text
-from conftest import MODEL_NAME, start_server
-from stream_reference import add_at, assert_close, complete, decode_capture, edited_states, fed_ids
+from conftest import MODEL_NAME
+from stream_reference import (
+    add_at,
+    assert_close,
+    complete,
+    decode_capture,
+    edited_states,
+    fed_ids,
+    serve_with_random_vector,
+)
 from tiny_models import FAMILIES, LAYERS, build_tiny_model
 
 pytestmark = pytest.mark.engine
@@ -34,18 +41,9 @@ MLA = {"deepseek_v2", "deepseek_v3"}
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family(request, model_dir, tmp_path_factory):
     """(family, server, transformers model, the steering vector [H])."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     tmp = tmp_path_factory.mktemp(request.param)
     d = build_tiny_model(request.param, model_dir, tmp / "model")
-    fp = ModelFingerprint.from_hf_config(AutoConfig.from_pretrained(d))
-    v = np.random.default_rng(3).standard_normal(fp.hidden_size).astype(np.float32)
-    v /= np.linalg.norm(v)
-    ArtifactStore(tmp / "artifacts").save_vector(
-        "rand", SteeringVector({STEER_LAYER: v}, fp, method="random"))
-    srv = start_server(d, tmp / "artifacts", tmp, "--served-model-name", MODEL_NAME)
-    hf = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    srv, hf, v = serve_with_random_vector(d, tmp, STEER_LAYER, seed=3)
     yield request.param, srv, hf, v
     srv.stop()
 

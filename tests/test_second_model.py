@@ -10,11 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vsteer.artifacts import ArtifactStore, ModelFingerprint, SteeringVector
-
 from chat_api import ask_together_shared
-from conftest import MODEL_NAME, start_server
-from stream_reference import add_at, assert_close, complete, decode_capture, edited_states, fed_ids
+from stream_reference import (
+    add_at,
+    assert_close,
+    complete,
+    decode_capture,
+    edited_states,
+    fed_ids,
+    serve_with_random_vector,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -25,20 +30,10 @@ PROMPT = "The capital of France is"
 
 @pytest.fixture(scope="module")
 def gemma(tmp_path_factory):
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from vsteer.model import ensure_gemma3_model
 
-    d = ensure_gemma3_model()
-    tmp = tmp_path_factory.mktemp("gemma3")
-    fp = ModelFingerprint.from_hf_config(AutoConfig.from_pretrained(d))
-    v = np.random.default_rng(5).standard_normal(fp.hidden_size).astype(np.float32)
-    v /= np.linalg.norm(v)
-    ArtifactStore(tmp / "artifacts").save_vector(
-        "rand", SteeringVector({STEER_LAYER: v}, fp, method="random"))
-    srv = start_server(d, tmp / "artifacts", tmp, "--served-model-name", MODEL_NAME)
-    hf = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    srv, hf, v = serve_with_random_vector(ensure_gemma3_model(),
+                                          tmp_path_factory.mktemp("gemma3"), STEER_LAYER, 5)
     yield srv, hf, v
     srv.stop()
 
