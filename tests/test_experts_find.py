@@ -90,3 +90,12 @@ def test_find_ranks_experts_as_transformers_routes_them(model_dir, tmp_path):
     assert listed.returncode == 0 and listed.stdout.startswith("story: ")
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 1 and "exists" in again.stderr
+
+
+def test_find_refuses_a_dense_model_before_starting_an_engine(model_dir, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "vsteer.cli", "experts", "find", "--model",
+                          str(model_dir), "--artifacts", str(tmp_path), "--name", "x"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "not a mixture-of-experts model (LlamaForCausalLM)" in run.stderr
+    assert not (tmp_path / "experts").exists()

@@ -36,6 +36,8 @@ def add_experts_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _find(args: argparse.Namespace) -> int:
+    from transformers import AutoConfig
+
     from vsteer.artifacts import ArtifactError
     from vsteer.artifacts.expert_set import KIND, ExpertSet
     from vsteer.eval_engine import EvalEngine
@@ -44,6 +46,14 @@ def _find(args: argparse.Namespace) -> int:
     from vsteer.model import resolve_model
     from vsteer.refusal.data import default_set, load_prompts
 
+    model = resolve_model(args.model)
+    cfg = AutoConfig.from_pretrained(model)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    if not getattr(cfg, "num_experts_per_tok", None):  # before an engine is started
+        print(f"vsteer experts find: {model} is not a mixture-of-experts model "
+              f"({cfg.architectures[0] if cfg.architectures else cfg.model_type})",
+              file=sys.stderr)
+        return 2
     store = _store(args)
     if store.path(KIND, args.name).exists() and not args.overwrite:
         print(f"vsteer experts find: expert set {args.name!r} exists (--overwrite)",
@@ -56,7 +66,7 @@ def _find(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"vsteer experts find: {e}", file=sys.stderr)
         return 2
-    with EvalEngine(resolve_model(args.model), store.root) as engine:
+    with EvalEngine(model, store.root) as engine:
         info = engine.hello["controls"]["experts"]
         try:
             pos_r = routing_shares(engine, pos, args.max_tokens, "positive prompts")
