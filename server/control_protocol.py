@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from vsteer.server.mode_schema import ModeFields, f
 from vsteer.wire import MAX_STEER_ENTRIES
 
 
@@ -98,6 +99,14 @@ class RefusalControl(BaseModel):
     layers: list[int] | None = Field(default=None, max_length=512)  # force only
 
 
+# The fields each mode reads (server/mode_schema.py): any other is a 400, and the OpenAPI
+# spec shows one closed variant per mode.
+REFUSAL_MODES = ModeFields("mode", "guard", {
+    "off": f(), "guard": f("direction", "scale", "threshold"),
+    "force": f("direction", "scale", "layers"), "ablate": f("direction"),
+    "controller": f("controller", "direction", "threshold")})
+
+
 class HallucinationControl(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -110,6 +119,11 @@ class HallucinationControl(BaseModel):
     scale: float | None = None  # mitigate: coefficient of the truth direction (default 1)
 
 
+HALLUCINATION_ACTIONS = ModeFields("action", "annotate", {
+    "annotate": f(), "abstain": f("max_error"), "mitigate": f("scale")},
+    always=f("probe", "threshold", "per_token"))
+
+
 class EarlyExitControl(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -117,6 +131,14 @@ class EarlyExitControl(BaseModel):
     predictor: str | None = Field(default=None, min_length=1, max_length=128)
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)  # one, every layer
     target_agreement: float | None = Field(default=None, gt=0.0, le=1.0)  # calibrated
+
+
+EXIT_MODES = ModeFields("mode", "observe", {
+    "off": f(), "observe": f("predictor", "threshold", "target_agreement"),
+    "exit": f("predictor", "threshold", "target_agreement")})
+# control.<key> -> its mode table (the OpenAPI spec's discriminated variants)
+MODE_TABLES = {"refusal": REFUSAL_MODES, "hallucination": HALLUCINATION_ACTIONS,
+               "early_exit": EXIT_MODES}
 
 
 class ControlSpec(BaseModel):

@@ -8,9 +8,9 @@ from typing import Any
 
 from vsteer.artifacts import ArtifactError, ArtifactStore, ModelFingerprint
 from vsteer.server.auth import Principal
-from vsteer.server.control_protocol import EarlyExitControl
+from vsteer.server.control_protocol import EXIT_MODES, EarlyExitControl
 from vsteer.server.errors import APIError
-from vsteer.server.refusal_resolver import check_applicable, load_artifact
+from vsteer.server.refusal_resolver import load_artifact
 from vsteer.wire import WireExit
 
 P = "control.early_exit"
@@ -22,13 +22,9 @@ class ResolvedExit:
     applied: dict[str, Any]
 
 
-APPLIES = {"off": set(), "observe": {"predictor", "threshold", "target_agreement"},
-           "exit": {"predictor", "threshold", "target_agreement"}}
-
-
 def resolve_early_exit(e: EarlyExitControl, store: ArtifactStore, fp: ModelFingerprint,
                        who: Principal, layer_skip: bool) -> ResolvedExit:
-    check_applicable(e.model_fields_set, e.mode, APPLIES, P)
+    EXIT_MODES.check(e.model_fields_set, e.mode, P)
     if e.mode == "off":
         return ResolvedExit(None, {"mode": "off"})
     if e.predictor is None:

@@ -10,7 +10,7 @@ from typing import Any
 from vsteer.artifacts import ArtifactStore, HallucinationProbe, ModelFingerprint
 from vsteer.probe.conformal import RiskThreshold, UnattainableRisk, risk_threshold
 from vsteer.server.auth import Principal
-from vsteer.server.control_protocol import HallucinationControl
+from vsteer.server.control_protocol import HALLUCINATION_ACTIONS, HallucinationControl
 from vsteer.server.errors import APIError
 from vsteer.server.refusal_resolver import check_scale, load_artifact
 from vsteer.wire import WireProbe, slot_key
@@ -28,14 +28,12 @@ class ResolvedProbe:
 def resolve_hallucination(h: HallucinationControl, rid: str, store: ArtifactStore,
                           fp: ModelFingerprint, who: Principal, max_abs_scale: float
                           ) -> ResolvedProbe:
+    HALLUCINATION_ACTIONS.check(h.model_fields_set, h.action, P)
     stored = load_artifact(store, fp, "probe", h.probe, f"{P}.probe", who)
     p = stored.value
     if h.per_token and not p.has_token_probe:
         raise APIError(400, f"probe {h.probe!r} has no per-token probe (retrain it with "
                        "`vsteer probe train`)", param=f"{P}.per_token",
-                       code="field_not_applicable")
-    if h.scale is not None and h.action != "mitigate":
-        raise APIError(400, f"{P}.scale only applies to action 'mitigate'", param=f"{P}.scale",
                        code="field_not_applicable")
     scale = check_scale(1.0 if h.scale is None else h.scale, max_abs_scale, f"{P}.scale")
     threshold = p.threshold if h.threshold is None else h.threshold
@@ -72,9 +70,6 @@ def _risk_threshold(h: HallucinationControl, p: HallucinationProbe) -> RiskThres
     if h.threshold is not None:
         raise APIError(400, f"give {P}.threshold or {P}.max_error, not both", param=param,
                        code="conflicting_fields")
-    if h.action != "abstain":
-        raise APIError(400, f"{param} only applies to action 'abstain'", param=param,
-                       code="field_not_applicable")
     if not p.has_risk_calibration:
         raise APIError(400, f"probe {h.probe!r} has no risk calibration (retrain it with "
                        "`vsteer probe train`)", param=param, code="probe_not_calibrated")

@@ -9,7 +9,7 @@ from typing import Any
 
 from vsteer.artifacts import ArtifactError, ArtifactStore, ModelFingerprint, Stored, check_name
 from vsteer.server.auth import Principal
-from vsteer.server.control_protocol import RefusalControl
+from vsteer.server.control_protocol import REFUSAL_MODES, RefusalControl
 from vsteer.server.errors import APIError
 from vsteer.wire import WireDecide, WireSteer, slot_key, steer_entry
 
@@ -55,25 +55,9 @@ def check_scale(value: float, bound: float, param: str) -> float:
     return value
 
 
-# The fields each mode reads; any other field given with the mode is a 400, not ignored.
-APPLIES = {"off": set(), "guard": {"direction", "scale", "threshold"},
-           "force": {"direction", "scale", "layers"}, "ablate": {"direction"},
-           "controller": {"controller", "direction", "threshold"}}
-
-
-def check_applicable(given: set[str], mode: str, applies: dict[str, set[str]],
-                     prefix: str) -> None:
-    """A field that the chosen `mode` does not read is a 400 `field_not_applicable`."""
-    extra = sorted(given - {"mode"} - applies[mode])
-    if extra:
-        takes = ", ".join(sorted(applies[mode])) or "no other field"
-        raise APIError(400, f"{prefix}.{extra[0]} does not apply to mode {mode!r} (it takes "
-                       f"{takes})", param=f"{prefix}.{extra[0]}", code="field_not_applicable")
-
-
 def resolve_refusal(r: RefusalControl, rid: str, store: ArtifactStore, fp: ModelFingerprint,
                     who: Principal, max_abs_scale: float) -> ResolvedRefusal:
-    check_applicable(r.model_fields_set, r.mode, APPLIES, P)
+    REFUSAL_MODES.check(r.model_fields_set, r.mode, P)
     out = ResolvedRefusal(applied={"mode": r.mode})
     if r.mode == "off":
         return out
