@@ -23,8 +23,10 @@ vLLM worker, and routes `control.<name>` to it:
                                Control.finish_reason(report): the reply's, if it ended it
 
 `collect`'s results travel in the step's single report message
-(plugins/step_report.py); the server waits for every step of the reply before
-`report` runs, so a report is never partial.
+(plugins/step_report.py); the server waits for the steps of every token the reply holds
+before `report` runs, so a report is never partial. `WorkerContext.step` tells `plan`
+about the whole batch; `WorkerContext.layer_skip` lets `on_layer` stop the step after a
+layer (early exit, plugins/exit_control.py).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from pydantic import BaseModel
 from vsteer.artifacts import ModelFingerprint
 
 ENTRY_POINT_GROUP = "vsteer.controls"
-BUILT_IN = frozenset({"steer", "refusal", "hallucination", "early_exit"})
+BUILT_IN = frozenset({"steer", "refusal", "hallucination"})
 
 
 class ControlSetupError(Exception):
@@ -50,7 +52,8 @@ class ControlSetupError(Exception):
 
 @dataclass(frozen=True)
 class Resolution:
-    wire: dict[str, Any]  # JSON values the worker's setup gets
+    wire: dict[str, Any] | None  # JSON values the worker's setup gets (None: nothing
+    # runs in the worker for this request, e.g. a mode "off"; `applied` is still echoed)
     applied: dict[str, Any]  # echoed in the response (control.<name>) with the report
     # The control must see every prompt token of its own request computed (not read
     # from vLLM's prefix cache): the request's KV blocks are then never shared.
@@ -93,6 +96,30 @@ class ResolveContext:
         return APIError(400, f"{param}: {message}", param=param, code=code)
 
 
+@dataclass
+class LayerSkip:
+    """The worker's layer skipping (eager engines whose K/V vsteer can fill): a control
+    that finds, inside the forward, that the whole step may stop after layer l calls
+    `stop_after(l)`; each later decoder layer then only writes its K/V, and the stream
+    after the last layer is the stream after l. The runtime clears it after each step."""
+
+    available: bool = False  # installed on this worker's model (known after attach)
+    after: int | None = None  # this step stops after this layer
+
+    def stop_after(self, layer: int) -> None:
+        if not self.available:
+            raise RuntimeError("layer skipping is not installed on this worker")
+        self.after = layer
+
+
+@dataclass
+class StepCounts:
+    """The current step's batch, controlled requests or not (updated before `plan`)."""
+
+    tokens: int = 0  # token rows the step schedules
+    requests: int = 0
+
+
 @dataclass(frozen=True)
 class WorkerContext:
     fingerprint: ModelFingerprint
@@ -104,6 +131,8 @@ class WorkerContext:
     dtype: torch.dtype
     eager: bool  # False: on_layer is traced into compiled graphs
     tp_rank: int
+    layer_skip: LayerSkip = field(default_factory=LayerSkip)
+    step: StepCounts = field(default_factory=StepCounts)
 
 
 @dataclass(frozen=True)
@@ -168,6 +197,12 @@ class Control(ABC):
     # True for controls that only read the stream (capture, monitor): their on_layer
     # runs after every control that edits it, so they see the layer's final stream
     reads_only: bool = False
+    # True: `collect` gives one result per sampled token (and None otherwise); the
+    # reply's report gets exactly the results of the tokens the reply holds
+    per_token: bool = False
+    # a control whose fields depend on a mode: its server/mode_schema.ModeFields table
+    # (the 400 for a field the mode does not read; one OpenAPI variant per mode)
+    modes: Any = None
 
     @abstractmethod
     def resolve(self, request: BaseModel, ctx: ResolveContext) -> Resolution:

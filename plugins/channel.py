@@ -185,7 +185,7 @@ class ChannelListener:
     def wait_exit_tokens(self, rid: str, count: int, timeout: float) -> list[list[int]]:
         """The [exit layer, agreement] records of `rid`'s first `count` tokens, removed."""
         res = self.book.wait(rid, Expect(tokens=count), timeout)
-        out, res.exit = res.exit[:count], []
+        out = res.extra.pop("early_exit", [])[:count]
         return out
 
     def wait_captures(self, rids: list[str], timeout: float) -> dict[str, dict[str, Any]]:

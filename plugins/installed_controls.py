@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -72,12 +73,7 @@ class InstalledControls:
         self.enders.pop(rc.spec.rid, None)
 
     def plan(self, step: StepPlan, requests: dict[str, RequestControls | None]) -> None:
-        rows: dict[str, list[RequestRows]] = {name: [] for name in self.workers}
-        for part in step.parts:
-            rc = requests[part.rid]
-            for name, state in rc.plugins.items():
-                rows[name].append(RequestRows(state, rc.spec.rid, part.choice, part.a, part.b,
-                                              part.p, part.split, part.samples))
+        rows = rows_by_control(step, requests, self.workers)
         self._rows = rows
         for name, wc in self.workers.items():
             wc.plan(rows[name])
@@ -120,3 +116,16 @@ class InstalledControls:
         self.rows_this_step[0] = 0
         for wc in self.workers.values():
             wc.after_step()
+
+
+def rows_by_control(step: StepPlan, requests: Mapping[str, RequestControls | None],
+                    names: Iterable[str]) -> dict[str, list[RequestRows]]:
+    """Each installed control's rows in this step (pure: what its `plan` gets)."""
+    rows: dict[str, list[RequestRows]] = {name: [] for name in names}
+    for part in step.parts:
+        rc = requests[part.rid]
+        assert rc is not None  # the planner only makes parts of controlled requests
+        for name, state in rc.plugins.items():
+            rows[name].append(RequestRows(state, rc.spec.rid, part.choice, part.a, part.b,
+                                          part.p, part.split, part.samples))
+    return rows

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 from vsteer.kernels.steer_reference import OP_CODES
 from vsteer.plugins.decision import Decision
-from vsteer.plugins.early_exit import ExitRun
 from vsteer.plugins.position_window import Segment, Span, segments, span
 from vsteer.plugins.probe_control import ProbeRun
 from vsteer.wire import WireSpec
@@ -25,7 +24,6 @@ class RequestControls:
     segments: list[Segment] = field(default_factory=list)
     decision: Decision | None = None  # guard / controller, decided in prefill
     probe: ProbeRun | None = None  # hallucination probe, scored in prefill (and per token)
-    exit: ExitRun | None = None  # early exit, at each row that samples a token
     errors: list[str] = field(default_factory=list)  # what could not be set up here
     told_unscored: bool = False  # its report says some token scores are missing
     plugins: dict[str, object] = field(default_factory=dict)  # installed control -> state

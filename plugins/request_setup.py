@@ -1,6 +1,6 @@
 """Setting up a request's controls in the worker, once, when it is first scheduled:
 artifacts loaded into slots and weight rows (verified against the model), decisions,
-probes and early-exit runs prepared. What cannot be set up is collected in
+probes prepared. What cannot be set up is collected in
 `RequestControls.errors` (the runtime makes every tensor-parallel rank agree on it
 before anything runs: plugins/rank_agreement.py)."""
 
@@ -19,20 +19,18 @@ from vsteer.artifacts import (
 from vsteer.plugins import faults
 from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.decision import load_decision
-from vsteer.plugins.early_exit import ExitRun
 from vsteer.plugins.job_table import JobTable
 from vsteer.plugins.lru_index import TableFull
 from vsteer.plugins.probe_control import load_probe_run
 from vsteer.plugins.request_controls import RequestControls
 from vsteer.plugins.slot_table import SlotTable
-from vsteer.wire import WireDecide, WireExit, WireProbe, WireSpec
+from vsteer.wire import WireDecide, WireProbe, WireSpec
 
 
 class RequestSetup:
     def __init__(self, shape: compat.RunnerShape, fingerprint: ModelFingerprint,
                  slots: SlotTable, jobs: JobTable) -> None:
         self.shape, self.fingerprint, self.slots, self.jobs = shape, fingerprint, slots, jobs
-        self.can_skip = False  # set by the runtime once layer skipping is installed
 
     def setup(self, spec: WireSpec, num_prompt: int, pinned: set[str]) -> RequestControls:
         """`pinned`: keys held by other live requests (never evicted for this one)."""
@@ -50,8 +48,6 @@ class RequestSetup:
             self._setup_decision(rc, spec.decide, pinned)
         if spec.probe is not None:
             self._setup_probe(rc, spec.probe, pinned)
-        if spec.early_exit is not None:
-            self._setup_exit(rc, spec.early_exit)
         return rc
 
     def release(self, rc: RequestControls) -> None:
@@ -136,21 +132,6 @@ class RequestSetup:
 
     def _need_host_jobs(self, what: str) -> None:
         require_host_jobs(self.shape.mode, what)
-
-    def _setup_exit(self, rc: RequestControls, w: WireExit) -> None:
-        try:
-            self._need_host_jobs("early exit")
-            run = ExitRun.load(w, self.shape.device)
-            if (why := run.model.predictor.fingerprint.mismatch(self.fingerprint)) is not None:
-                raise ArtifactError(why)
-            if w.mode == "exit" and not self.can_skip:
-                raise ArtifactError("layer skipping needs an eager engine (--enforce-eager) "
-                                    "and a model whose K/V vsteer can fill")
-        except (ArtifactError, OSError, ValueError) as err:
-            msg = f"early exit not applied: {err}"
-            rc.errors.append(msg)
-            return
-        rc.exit = run
 
     def _load(self, e) -> dict[int, np.ndarray]:
         return self._load_artifact(e.path, e.sha256, e.part, e.layers)

@@ -38,7 +38,6 @@ class ChoiceResults:
     decision: dict[str, Any] | None = None
     probe: dict[str, Any] | None = None
     token_scores: list[float | None] = field(default_factory=list)
-    exit: list[list[int]] = field(default_factory=list)  # [layer, agree] per token
     errors: list[dict[str, str]] = field(default_factory=list)
     extra: dict[str, list[Any]] = field(default_factory=dict)  # plugin controls, per step
 
@@ -71,7 +70,7 @@ class ChoiceResults:
                 self.decision = value
             elif name == "probe":
                 self.probe = value
-            elif name in ("token_scores", "exit", "errors"):
+            elif name in ("token_scores", "errors"):
                 getattr(self, name).extend(value)
             else:
                 self.extra.setdefault(name, []).append(value)

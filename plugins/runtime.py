@@ -79,11 +79,11 @@ class ControlRuntime:
                 raise RuntimeError("vsteer hidden-state capture needs enforce_eager=True")
             self.capture = CaptureCollector(channel, shape.hidden_size)
         self.requests: dict[str, RequestControls | None] = {}
-        self.installed = InstalledControls(WorkerContext(
+        self.worker_ctx = WorkerContext(
             self.fingerprint, shape.hidden_size, shape.num_layers, shape.max_num_tokens,
-            shape.max_num_reqs, shape.device, shape.dtype, shape.eager, shape.tp_rank))
+            shape.max_num_reqs, shape.device, shape.dtype, shape.eager, shape.tp_rank)
+        self.installed = InstalledControls(self.worker_ctx)
         self.report = StepReport(0)  # what the current step produced, per request
-        self.can_skip = False  # layer skipping installed (eager, attach_model)
         self._decide_handle = register_decider(self._run_due)
         self.steered_tokens = 0
         self.control_seconds = 0.0
@@ -103,25 +103,28 @@ class ControlRuntime:
     def abstain_jobs(self) -> dict[str, int]:
         return self.step_jobs.abstain_jobs
 
+    @property
+    def layer_skip(self):
+        return self.worker_ctx.layer_skip
+
     def attach_model(self, model, layer_class: str, kv_fill: bool) -> None:
-        """Early exit needs the model's head (observe) and, in eager mode, a skip test
-        on each decoder layer (exit); installed controls may hook modules of their own."""
-        self.step_jobs.lens = compat.lens_argmax(model)
-        self.installed.attach(model)
+        """In eager mode, a skip test on each decoder layer (plugins/api.py: LayerSkip,
+        which early exit uses); then installed controls hook modules of their own."""
         if self.eager and kv_fill:
-            self.can_skip = compat.install_layer_skip(model, layer_class, self.skips) > 0
-            self.setup.can_skip = self.can_skip
+            self.layer_skip.available = compat.install_layer_skip(
+                model, layer_class, self.skips) > 0
+        self.installed.attach(model)
 
     def announce(self) -> None:
         """Tell the server this worker is ready, and what it can do."""
         self.channel.send({"type": "hello", "pid": os.getpid(), "rank": self.shape.tp_rank,
                            "fingerprint": self.fingerprint.to_dict(), "backend": self.backend,
                            "backends": self.backends, "slots": self.slots.num_slots,
-                           "eager": self.eager, "layer_skip": self.can_skip,
+                           "eager": self.eager, "layer_skip": self.layer_skip.available,
                            "controls": self.installed.describe()})
 
     def skips(self, layer: int) -> bool:
-        after = self.step_jobs.skip_after
+        after = self.layer_skip.after
         return after is not None and layer > after
 
     # -- per layer (inside the forward pass; traced once in compiled mode) -------------
@@ -179,6 +182,8 @@ class ControlRuntime:
             if new:
                 self._set_up_new(runner, new)
             self.plan.begin(num_tokens)
+            self.worker_ctx.step.tokens = int(view.query_start[len(view.req_ids)])
+            self.worker_ctx.step.requests = len(view.req_ids)
             step = plan_step(view, self.requests)
             self._apply(step, view.req_ids)
             self.installed.plan(step, self.requests)
@@ -206,7 +211,7 @@ class ControlRuntime:
         for pg in step.progress:
             run = getattr(self.requests[pg.rid], pg.target)
             run.acc_n, run.done = pg.acc_n, pg.done
-        self.step_jobs.schedule(step, self.requests, self.report, self.can_skip)
+        self.step_jobs.schedule(step, self.requests, self.report)
         if self.capture is not None:
             for rid, a, split, p in step.capture:
                 rc = self.requests[rid]
@@ -218,9 +223,10 @@ class ControlRuntime:
             if self.capture is not None:
                 self.capture.finish_step()
             self.plan.reset()
-            self.step_jobs.end_step(self.report)  # host-job results are known now
+            self.step_jobs.end_step()  # host-job results are known now
             report = self.report
             self.installed.collect(report)
+            self.layer_skip.after = None
             # Every TP rank computes the same results; rank 0 reports them, once the
             # step's table-job results have been read (in step order).
             send = self._send_report if self.shape.tp_rank == 0 else None

@@ -7,8 +7,8 @@ It reads the requests' controls and changes nothing: rows are named, not allocat
 (`RowWrite`), job-table rows are described (`TableJob`), host-side jobs are listed by
 layer (`HostJob`), and what a prefill job has consumed so far comes back as `Progress`
 for the runtime to store. So every scheduling rule (chunked prefill, preemption and
-recompute, decode beside another request's prefill, `n > 1`, early exit with per-token
-scores) is unit-tested on synthetic steps (tests/test_step_planner.py), without vLLM.
+recompute, decode beside another request's prefill, `n > 1`, per-token scores) is
+unit-tested on synthetic steps (tests/test_step_planner.py), without vLLM.
 
 Rows of request i in this step: a..b (token rows), positions p..p+(b-a); rows a..split
 are prompt tokens, split..b generated ones. Steering reads positions, not rows: each of
@@ -91,8 +91,6 @@ class StepPlan:
     table_jobs: list[TableJob] = field(default_factory=list)
     host_jobs: list[HostJob] = field(default_factory=list)
     progress: list[Progress] = field(default_factory=list)
-    exit_rows: list[tuple[str, int]] = field(default_factory=list)  # (rid, sampling row)
-    whole_step_exits: bool = False  # every row is a decode token of an exit-mode request
     capture: list[tuple[str, int, int, int]] = field(default_factory=list)  # rid, a, split, p
 
 
@@ -108,12 +106,10 @@ class StepView:
 
 def plan_step(view: StepView, requests: Mapping[str, RequestControls | None]) -> StepPlan:
     plan = StepPlan()
-    whole = bool(view.req_ids)
     for i, rid in enumerate(view.req_ids):
         rc = requests.get(rid)
         a, b, p = int(view.query_start[i]), int(view.query_start[i + 1]), int(view.start_pos[i])
         if rc is None:
-            whole = False
             continue
         n_prompt = rc.num_prompt_tokens
         split = a + min(max(n_prompt - p, 0), b - a)
@@ -124,16 +120,10 @@ def plan_step(view: StepView, requests: Mapping[str, RequestControls | None]) ->
             hit = seg.overlap(p, b - a)
             if hit is not None:
                 plan.rows.append(RowWrite(rid, a + hit[0], a + hit[1], k))
-        er = rc.exit
-        if er is not None and samples:
-            plan.exit_rows.append((rid, b - 1))
-        if er is None or er.wire.mode != "exit" or b - a != 1 or p < n_prompt:
-            whole = False
         _plan_decision(plan, rc, part)
         _plan_probe(plan, rc, part)
         if rc.spec.capture is not None:
             plan.capture.append((rid, a, split, p))
-    plan.whole_step_exits = whole and bool(plan.exit_rows)
     return plan
 
 

@@ -14,7 +14,6 @@ Message:
                                      "decision": {...},    # refusal guard / controller
                                      "probe": {...},       # in-prefill probe score
                                      "token_scores": [...],  # per-token probe
-                                     "exit": [[layer, agree], ...],
                                      "errors": [{"code", "message"}, ...],
                                      "<control>": ...}}}   # a plugin control's results
 """

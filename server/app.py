@@ -95,7 +95,6 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 store = ArtifactStore(cfg.artifacts)
                 admission = SlotAdmission(cfg.max_steer_slots)
                 resolver = ControlResolver(store, fingerprint, cfg.max_abs_scale,
-                                           bool(hello.get("layer_skip")),
                                            max_model_len=engine.model_config.max_model_len,
                                            worker_info=hello.get("controls"))
                 app.state.vsteer = VsteerState(

@@ -124,21 +124,9 @@ HALLUCINATION_ACTIONS = ModeFields("action", "annotate", {
     always=f("probe", "threshold", "per_token"))
 
 
-class EarlyExitControl(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    mode: Literal["off", "observe", "exit"] = "observe"
-    predictor: str | None = Field(default=None, min_length=1, max_length=128)
-    threshold: float | None = Field(default=None, ge=0.0, le=1.0)  # one, every layer
-    target_agreement: float | None = Field(default=None, gt=0.0, le=1.0)  # calibrated
-
-
-EXIT_MODES = ModeFields("mode", "observe", {
-    "off": f(), "observe": f("predictor", "threshold", "target_agreement"),
-    "exit": f("predictor", "threshold", "target_agreement")})
-# control.<key> -> its mode table (the OpenAPI spec's discriminated variants)
-MODE_TABLES = {"refusal": REFUSAL_MODES, "hallucination": HALLUCINATION_ACTIONS,
-               "early_exit": EXIT_MODES}
+# control.<key> -> its mode table (the OpenAPI spec's discriminated variants); an
+# installed control with modes gives its own table (Control.modes)
+MODE_TABLES = {"refusal": REFUSAL_MODES, "hallucination": HALLUCINATION_ACTIONS}
 
 
 class ControlSpec(BaseModel):
@@ -147,4 +135,3 @@ class ControlSpec(BaseModel):
     steer: list[SteerEntry] = Field(default_factory=list, max_length=MAX_STEER_ENTRIES)
     refusal: RefusalControl | None = None
     hallucination: HallucinationControl | None = None
-    early_exit: EarlyExitControl | None = None

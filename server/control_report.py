@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from vsteer.early_exit.summary import summarize_exits
 from vsteer.plugins.api import Control
 from vsteer.plugins.result_book import ChoiceResults, Expect, ResultBook
 from vsteer.server import metrics
@@ -24,17 +23,17 @@ INCOMPLETE = "report_incomplete"
 
 
 class ControlReporter:
-    def __init__(self, book: ResultBook, num_layers: int,
-                 controls: dict[str, Control] | None = None) -> None:
+    def __init__(self, book: ResultBook, controls: dict[str, Control] | None = None) -> None:
         self.book = book
-        self.num_layers = num_layers
         self.controls = controls or {}  # installed controls (plugins/api.py)
 
     @staticmethod
     def _per_token_records(resolved: ResolvedControl) -> bool:
-        """Whether the reply carries a record per token (per-token scores, exits)."""
+        """Whether the report waits for every sampled token's step: per-token probe
+        scores, and every installed control (its results of a step arrive with the
+        step's message, and the reply's last step may land after its last token)."""
         w = resolved.wire
-        return (w.probe is not None and w.probe.per_token) or w.early_exit is not None
+        return (w.probe is not None and w.probe.per_token) or bool(w.plugins)
 
     def expect(self, resolved: ResolvedControl, tokens: int = 0) -> Expect:
         w = resolved.wire
@@ -88,11 +87,12 @@ class ControlReporter:
             out["refusal"] = self._refusal(resolved, res)
         if "hallucination" in resolved.applied:
             out["hallucination"] = self._hallucination(resolved, res, tokens)
-        if resolved.wire.early_exit is not None:
-            out["early_exit"] = self._early_exit(resolved, res, tokens)
         for name in resolved.wire.plugins:
-            out[name] = self.controls[name].report(resolved.applied[name],
-                                                   res.extra.get(name, []))
+            control = self.controls[name]
+            results = res.extra.get(name, [])
+            if control.per_token and tokens:
+                results = results[:tokens]  # one per sampled token: the reply's tokens'
+            out[name] = control.report(resolved.applied[name], results)
         for e in res.errors:
             if e not in errors:
                 errors.append(e)
@@ -135,22 +135,4 @@ class ControlReporter:
         metrics.HALLUCINATION_ACTIONS.labels(action, rep["action_taken"]).inc()
         if rep["per_token"]:
             rep["token_scores"] = res.token_scores[:tokens] if tokens else res.token_scores
-        return rep
-
-    def _early_exit(self, resolved: ResolvedControl, res: ChoiceResults, tokens: int
-                    ) -> dict[str, Any]:
-        """{mode, predictor, ..., exit_layers (per token), saved_fraction, agreement}."""
-        rep: dict[str, Any] = dict(resolved.applied["early_exit"])
-        records = res.exit[:tokens] if tokens else res.exit
-        rep.update(summarize_exits(records, self.num_layers))
-        mode = rep["mode"]
-        exited = rep["exited_tokens"]
-        metrics.EXIT_TOKENS.labels(mode, "true").inc(exited)
-        metrics.EXIT_TOKENS.labels(mode, "false").inc(rep["tokens"] - exited)
-        if records:
-            metrics.EXIT_SAVED.labels(mode).observe(rep["saved_fraction"])
-        if rep.get("agreement") is not None:
-            agreed = sum(1 for _, a in records if a == 1)
-            metrics.EXIT_AGREEMENT.labels("true").inc(agreed)
-            metrics.EXIT_AGREEMENT.labels("false").inc(exited - agreed)
         return rep

@@ -20,7 +20,6 @@ from vsteer.server.auth import OPERATOR, Principal
 from vsteer.server.control_protocol import ControlSpec
 from vsteer.server.dose_resolver import scale_for_kl
 from vsteer.server.errors import APIError, pydantic_errors_to_api_error
-from vsteer.server.exit_resolver import resolve_early_exit
 from vsteer.server.hallucination_resolver import resolve_hallucination
 from vsteer.server.refusal_resolver import check_scale, load_artifact, resolve_refusal
 from vsteer.wire import MAX_STEER_ENTRIES, WireSpec, WireSteer, encode, steer_entry
@@ -36,7 +35,7 @@ class ResolvedControl:
     def active(self) -> bool:
         w = self.wire
         return (bool(w.steer) or w.decide is not None or w.probe is not None
-                or w.early_exit is not None or bool(w.plugins))
+                or bool(w.plugins))
 
     @property
     def slot_keys(self) -> set[str]:
@@ -56,16 +55,15 @@ class ResolvedControl:
         # A private slot key (refusal decision, mitigating probe) names the request, so
         # its KV is never shared. A mean-pooled probe must see every prompt token, so it
         # must not start from a cached prefix either: its salt names the request too.
-        # Exit mode writes skipped layers' K/V from exit states, depending on what else
-        # was in each step's batch: its blocks are never shared. Observe changes nothing.
-        # Steering on anything but `all` positions: whether a position was steered
-        # depends on where that request's prompt ended (a later prompt may extend it
-        # with the reply, whose positions were `generated` there), so never shared.
+        # So does an installed control that asks for it (private_prefill), such as
+        # early exit's `exit` mode. Steering on anything but `all` positions: whether a
+        # position was steered depends on where that request's prompt ended (a later
+        # prompt may extend it with the reply, whose positions were `generated` there),
+        # so never shared.
         w = self.wire
         mean_probe = w.probe is not None and self.applied["hallucination"]["pooling"] == "mean"
-        exits = w.early_exit is not None and w.early_exit.mode == "exit"
         windowed = any(e.positions != "all" for e in w.steer)
-        private = mean_probe or exits or windowed or self.private_prefill
+        private = mean_probe or windowed or self.private_prefill
         body = encode(WireSpec(rid=w.rid if private else "", steer=w.steer,
                                decide=w.decide, probe=w.probe, plugins=w.plugins)).encode()
         return "vsteer-" + hashlib.sha256(body).hexdigest()[:32]
@@ -73,7 +71,7 @@ class ResolvedControl:
 
 class ControlResolver:
     def __init__(self, store: ArtifactStore, fingerprint: ModelFingerprint,
-                 max_abs_scale: float, layer_skip: bool = False,
+                 max_abs_scale: float,
                  controls: dict[str, Control] | None = None, max_model_len: int = 0,
                  worker_info: dict[str, dict[str, Any]] | None = None) -> None:
         self.controls = installed_controls() if controls is None else controls
@@ -82,7 +80,6 @@ class ControlResolver:
         self.store = store
         self.fingerprint = fingerprint
         self.max_abs_scale = max_abs_scale
-        self.layer_skip = layer_skip  # the worker can skip layers (early exit 'exit')
 
     def resolve(self, raw: Any, who: Principal = OPERATOR, max_tokens: int | None = None,
                 n: int = 1, stops_at_eos: bool = True) -> ResolvedControl:
@@ -138,12 +135,6 @@ class ControlResolver:
                                        who, bound)
             probe = rp.wire
             applied["hallucination"] = rp.applied
-        early_exit = None
-        if spec.early_exit is not None:
-            re = resolve_early_exit(spec.early_exit, self.store, self.fingerprint, who,
-                                    self.layer_skip)
-            early_exit = re.wire
-            applied["early_exit"] = re.applied
         used = len(steer) + (decide is not None) + bool(probe is not None and probe.target_key)
         if used > MAX_STEER_ENTRIES:
             raise APIError(400, f"control uses more than {MAX_STEER_ENTRIES} steering entries "
@@ -151,7 +142,7 @@ class ControlResolver:
                            "probe)", param="control", code="too_many_slots")
         applied.update(plugin_applied)
         return ResolvedControl(WireSpec(rid=rid, steer=steer, decide=decide, probe=probe,
-                                        early_exit=early_exit, plugins=plugins), applied,
+                                        plugins=plugins), applied,
                                private)
 
     def _resolve_installed(self, raw: dict[str, Any], who: Principal, bound: float,
@@ -174,8 +165,10 @@ class ControlResolver:
                                  partial(self._artifact, who), n, stops_at_eos,
                                  self.worker_info.get(name, {}))
             res = control.resolve(request, ctx)
-            wires[name] = json.dumps(res.wire)
             applied[name] = res.applied
+            if res.wire is None:
+                continue  # nothing runs in the worker (e.g. mode "off")
+            wires[name] = json.dumps(res.wire)
             private |= res.private_prefill
         return wires, applied, private
 
@@ -222,7 +215,10 @@ class ControlResolver:
 
 def _normalized(part: str, value: Any) -> Any:
     """A control part as the server reads it (defaults filled in), for comparison."""
+    installed = installed_controls().get(part)
     try:
+        if installed is not None:
+            return installed.schema.model_validate(value).model_dump()
         return ControlSpec.model_validate({part: value}).model_dump()[part]
     except ValidationError:
         return value

@@ -86,6 +86,7 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
             options = control["properties"][name]["anyOf"]  # [the object, null]
             options[0] = table.json_schema(options[0])
         for name, c in installed_controls().items():
-            control["properties"][name] = _inline(c.schema.model_json_schema())
+            own = _inline(c.schema.model_json_schema())
+            control["properties"][name] = own if c.modes is None else c.modes.json_schema(own)
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": schema}}}}

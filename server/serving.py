@@ -46,8 +46,7 @@ class ControlledServing:
         self.resolver = resolver
         self.admission = admission
         self.listener = listener
-        self.reporter = ControlReporter(listener.book, resolver.fingerprint.num_layers,
-                                        resolver.controls)
+        self.reporter = ControlReporter(listener.book, resolver.controls)
         self.chat_cls, self.completion_cls = compat.openai_request_classes()
         self.responses_cls = compat.responses_request_class()
         self.error_cls = compat.error_response_class()
@@ -114,8 +113,6 @@ class ControlledServing:
             metrics.CONTROLLED_REQUESTS.labels("refusal").inc()
         if "hallucination" in resolved.applied:
             metrics.CONTROLLED_REQUESTS.labels("hallucination").inc()
-        if resolved.wire.early_exit is not None:
-            metrics.CONTROLLED_REQUESTS.labels("early_exit").inc()
         for name in resolved.wire.plugins:
             metrics.CONTROLLED_REQUESTS.labels(name).inc()
         if isinstance(result, self.error_cls):

@@ -9,7 +9,7 @@ import pytest
 
 from vsteer.probe.dataset import prompt_for
 
-from chat_api import ask, ask_together, text
+from chat_api import ask, ask_together, body_for, post, text
 from conftest import PROBE, SAE, run_helper, start_server
 from prompts import GEO_QUESTIONS
 from stream_reference import decode_capture
@@ -180,3 +180,21 @@ def test_react_fires_and_steers_the_same_inside_compiled_graphs(server, compiled
     assert rc["fired_at"] == re_["fired_at"] and rc["fired"]
     assert np.allclose(rc["scores"], re_["scores"], rtol=1e-3, atol=1e-4)
     assert_same_stream(comp, eager)
+
+
+def test_early_exit_observes_the_same_inside_compiled_graphs(server, compiled_server,
+                                                            exit_artifacts):
+    """Early exit is an installed control: its checks run through the one op the
+    installed controls share, so observe reads the same exit layers as in eager mode;
+    `exit` (layer skipping) is refused where the worker says it cannot skip."""
+    from conftest import EXIT
+
+    observe = {"early_exit": {"mode": "observe", "predictor": EXIT, "threshold": 0.5}}
+    comp, eager = ask(compiled_server, STORY, observe), ask(server, STORY, observe)
+    assert text(comp) == text(eager)
+    a, b = comp["control"]["early_exit"], eager["control"]["early_exit"]
+    assert a["exit_layers"] == b["exit_layers"] and a["tokens"] == b["tokens"] > 0
+    assert 0 < a["exited_tokens"] < a["tokens"]  # the threshold separates tokens
+    r = post(compiled_server, body_for(STORY, {"early_exit": {"mode": "exit",
+                                                              "predictor": EXIT}}))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "not_supported"

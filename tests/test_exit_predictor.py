@@ -3,6 +3,7 @@ torch scoring against the artifact's numpy twin, and the response statistics."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -127,18 +128,24 @@ def test_exit_mode_needs_an_engine_that_can_skip_layers(tmp_path):
 
     store = ArtifactStore(tmp_path)
     store.save("exit", "p", predictor())
-    compiled = ControlResolver(store, FP, 8.0, layer_skip=False)
+    compiled = ControlResolver(store, FP, 8.0, worker_info={"early_exit": {"layer_skip": False}})
     with pytest.raises(APIError) as e:
         compiled.resolve({"early_exit": {"mode": "exit", "predictor": "p"}})
     assert e.value.status == 400 and "--enforce-eager" in e.value.message
     seen = compiled.resolve({"early_exit": {"mode": "observe", "predictor": "p"}})
-    assert seen.wire.early_exit.thresholds == pytest.approx([0.9, UNREACHABLE])
-    eager = ControlResolver(store, FP, 8.0, layer_skip=True)
+    assert _wire(seen)["thresholds"] == pytest.approx([0.9, UNREACHABLE])
+    eager = ControlResolver(store, FP, 8.0, worker_info={"early_exit": {"layer_skip": True}})
     r = eager.resolve({"early_exit": {"mode": "exit", "predictor": "p", "threshold": 0.3}})
-    assert r.wire.early_exit.thresholds == [0.3, 0.3]
+    assert _wire(r)["thresholds"] == [0.3, 0.3]
     assert r.cache_salt() != eager.resolve(
         {"early_exit": {"mode": "exit", "predictor": "p", "threshold": 0.3}}).cache_salt()
-    assert eager.resolve({"early_exit": {"mode": "off"}}).wire.early_exit is None
+    off = eager.resolve({"early_exit": {"mode": "off"}})
+    assert "early_exit" not in off.wire.plugins and off.applied == {"early_exit": {"mode": "off"}}
+    assert not off.active
+
+
+def _wire(resolved) -> dict:
+    return json.loads(resolved.wire.plugins["early_exit"])
 
 
 def test_only_checks_that_pay_for_themselves_are_kept():

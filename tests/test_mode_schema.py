@@ -8,17 +8,20 @@ import typing
 import jsonschema
 import pytest
 
+from vsteer.plugins.control_registry import installed_controls
 from vsteer.server.control_protocol import (
     MODE_TABLES,
-    EarlyExitControl,
     HallucinationControl,
     RefusalControl,
 )
 from vsteer.server.errors import APIError
 from vsteer.server.openapi_bodies import ChatCompletionBody, json_body
 
+# every control with modes: the built-ins' tables and the installed controls' own
+TABLES = {**MODE_TABLES, **{n: c.modes for n, c in installed_controls().items()
+                            if c.modes is not None}}
 MODELS = {"refusal": RefusalControl, "hallucination": HallucinationControl,
-          "early_exit": EarlyExitControl}
+          **{n: c.schema for n, c in installed_controls().items() if c.modes is not None}}
 # a value each field accepts (the schema's own constraints hold for it)
 SAMPLE = {"direction": "d", "controller": "c", "scale": 0.5, "threshold": 0.5,
           "layers": [1], "probe": "p", "max_error": 0.2, "per_token": True,
@@ -28,16 +31,21 @@ SAMPLE = {"direction": "d", "controller": "c", "scale": 0.5, "threshold": 0.5,
 def _variants(name: str) -> dict:
     body = json_body(ChatCompletionBody)["requestBody"]["content"]["application/json"]
     control = body["schema"]["properties"]["control"]["anyOf"][0]
-    return control["properties"][name]["anyOf"][0]
+    node = control["properties"][name]
+    return node["anyOf"][0] if "anyOf" in node else node  # built-ins: [the object, null]
 
 
 def _required(name: str) -> dict:
     return {"probe": "p"} if name == "hallucination" else {}
 
 
-@pytest.mark.parametrize("name", sorted(MODE_TABLES))
+def test_early_exit_brings_its_own_table():
+    assert "early_exit" in TABLES and "early_exit" not in MODE_TABLES
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
 def test_every_mode_of_the_model_has_a_row(name):
-    table, model = MODE_TABLES[name], MODELS[name]
+    table, model = TABLES[name], MODELS[name]
     modes = typing.get_args(model.model_fields[table.key].annotation)
     assert set(table.applies) == set(modes)
     assert model.model_fields[table.key].default == table.default
@@ -45,9 +53,9 @@ def test_every_mode_of_the_model_has_a_row(name):
         assert table.fields(mode) <= set(model.model_fields) - {table.key}
 
 
-@pytest.mark.parametrize("name", sorted(MODE_TABLES))
+@pytest.mark.parametrize("name", sorted(TABLES))
 def test_spec_and_resolver_agree_on_every_field(name):
-    table, model = MODE_TABLES[name], MODELS[name]
+    table, model = TABLES[name], MODELS[name]
     schema = _variants(name)
     assert len(schema["oneOf"]) == len(table.applies)
     checked = 0
@@ -68,9 +76,9 @@ def test_spec_and_resolver_agree_on_every_field(name):
     assert checked == len(table.applies) * (len(model.model_fields) - 1)
 
 
-@pytest.mark.parametrize("name", sorted(MODE_TABLES))
+@pytest.mark.parametrize("name", sorted(TABLES))
 def test_a_body_without_the_mode_matches_only_the_default(name):
-    table = MODE_TABLES[name]
+    table = TABLES[name]
     schema = _variants(name)
     body = _required(name)
     matches = [v["title"] for v in schema["oneOf"]

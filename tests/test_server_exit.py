@@ -148,3 +148,24 @@ def test_early_exit_metrics(server):
     before = server.metric("vsteer_early_exit_tokens_total")
     rep = exit_report(ask(server, PROMPTS[1], early(mode="observe", threshold=0.0)))
     assert server.metric("vsteer_early_exit_tokens_total") - before == rep["tokens"] > 0
+
+
+def test_exit_with_per_token_scores_says_which_tokens_went_unscored(server, probe_artifacts,
+                                                                    artifacts):
+    """A step that stops before the per-token probe's layer cannot score its token: that
+    token's score is null (never a stale one) and `control.errors` says why, coded."""
+    from vsteer.artifacts import ArtifactStore
+
+    from conftest import PROBE
+
+    token_layer = ArtifactStore(artifacts).get("probe", PROBE).value.token_layer
+    control = {**early(mode="exit", threshold=0.0),
+               "hallucination": {"probe": PROBE, "per_token": True}}
+    data = ask(server, PROMPTS[0], control)
+    layers = exit_report(data)["exit_layers"]
+    scores = data["control"]["hallucination"]["token_scores"]
+    assert len(scores) == len(layers) == data["usage"]["completion_tokens"]
+    assert min(layers) < token_layer  # some token left before the probe's layer
+    for la, score in zip(layers, scores, strict=True):
+        assert (score is None) == (la < token_layer), (la, score)
+    assert [e["code"] for e in data["control"]["errors"]] == ["not_scored"]

@@ -84,16 +84,17 @@ def test_a_cosine_guard_scores_only_the_chunk_holding_the_last_prompt_token():
 
 def test_a_recompute_after_preemption_samples_only_when_it_catches_up():
     """Preempted after 5 outputs, a request recomputes prompt + outputs (15 tokens): a
-    chunk that stops short samples nothing (no per-token score, no exit check)."""
+    chunk that stops short samples nothing (no per-token score; early exit's own planning
+    of the same steps: tests/test_exit_worker.py)."""
     probe = _probe(token_row=8)
     probe.done = True
-    rc = _rc(10, probe=probe, exit=SimpleNamespace(wire=SimpleNamespace(mode="observe")))
+    rc = _rc(10, probe=probe)
     reqs = {"a": rc}
     short = plan_step(_view(("a", 8, 0, 15)), reqs)
-    assert not short.parts[0].samples and short.table_jobs == [] and short.exit_rows == []
+    assert not short.parts[0].samples and short.table_jobs == []
     assert [(w.start, w.end, w.segment) for w in short.rows] == [(0, 8, 0)]
     rest = plan_step(_view(("a", 7, 8, 15)), reqs)
-    assert rest.parts[0].samples and rest.exit_rows == [("a", 6)]
+    assert rest.parts[0].samples
     assert [(w.start, w.end, w.segment) for w in rest.rows] == [(0, 7, 0)]  # `all`
     (tok,) = rest.table_jobs
     assert tok.result == "token_score" and (tok.job["start"], tok.job["end"]) == (6, 7)
@@ -141,7 +142,6 @@ def test_decode_beside_another_requests_prefill():
         ("dec", 0, 1, 0), ("pre", 4, 14, 0)]
     # a controller (no table row) decides on the host at the last prompt token
     assert step.host_jobs == [HostJob("pre", 4, "controller", (13,))]
-    assert not step.whole_step_exits
 
 
 def test_the_choices_of_one_reply_are_planned_apart():
@@ -150,19 +150,14 @@ def test_the_choices_of_one_reply_are_planned_apart():
     assert [(p.rid, p.choice, p.a) for p in step.parts] == [("0_x", 0, 0), ("1_x", 1, 1)]
 
 
-def test_exit_with_per_token_scores_schedules_both_at_the_sampling_row():
-    def exiting():
-        return _rc(4, probe=SimpleNamespace(**{**vars(_probe(token_row=8)), "done": True}),
-                   exit=SimpleNamespace(wire=SimpleNamespace(mode="exit")))
+def test_per_token_scores_of_decoding_requests_are_at_their_sampling_rows():
+    def scored():
+        return _rc(4, probe=SimpleNamespace(**{**vars(_probe(token_row=8)), "done": True}))
 
-    reqs = {"a": exiting(), "b": exiting()}
+    reqs = {"a": scored(), "b": scored()}
     step = plan_step(_view(("a", 1, 6, 7), ("b", 1, 4, 5)), reqs)
-    assert step.exit_rows == [("a", 0), ("b", 1)] and step.whole_step_exits
     assert [(j.rid, j.result, j.job["start"]) for j in step.table_jobs] == [
         ("a", "token_score", 0), ("b", "token_score", 1)]
-    # one prefill token in the step: the step may not skip layers
-    reqs["c"] = exiting()
-    assert not plan_step(_view(("a", 1, 6, 7), ("c", 4, 0, 4)), reqs).whole_step_exits
 
 
 def test_a_mean_probe_restarts_its_pool_on_a_recompute():

@@ -38,7 +38,6 @@ class EvalEngine(OfflineEngine):
                          max_model_len=max_model_len, dtype=dtype, **llm_kwargs)
         self.resolver = ControlResolver(ArtifactStore(artifacts), self.fingerprint,
                                         max_abs_scale=max_abs_scale,
-                                        layer_skip=bool(self.hello.get("layer_skip")),
                                         worker_info=self.hello.get("controls"))
         self.tok = self.llm.get_tokenizer()
 

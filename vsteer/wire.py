@@ -61,7 +61,8 @@ class WireProbe(msgspec.Struct, frozen=True):
 
 
 class WireExit(msgspec.Struct, frozen=True):
-    """Early exit, decided at the row that samples each token."""
+    """Early exit, decided at the row that samples each token (the `early_exit` control's
+    wire, plugins/exit_control.py)."""
 
     path: str  # exit predictor artifact
     sha256: str
@@ -80,7 +81,6 @@ class WireSpec(msgspec.Struct, frozen=True):
     capture: WireCapture | None = None
     decide: WireDecide | None = None
     probe: WireProbe | None = None
-    early_exit: WireExit | None = None
     plugins: dict[str, str] = {}  # installed controls: name -> their wire (JSON text)
 
 
