@@ -38,6 +38,16 @@ class ResolvedControl:
                 or bool(w.plugins))
 
     @property
+    def counted_controls(self) -> list[str]:
+        """The controls `vsteer_controlled_requests_total{control}` counts this request
+        under: steering that reaches the kernel, refusal and hallucination as asked
+        (any mode), and every installed control that runs in the worker."""
+        w = self.wire
+        names = ["steer"] if w.steer else []
+        names += [n for n in ("refusal", "hallucination") if n in self.applied]
+        return names + list(w.plugins)
+
+    @property
     def slot_keys(self) -> set[str]:
         """Steering slots this request holds while it runs (admission counts them)."""
         keys = {e.key for e in self.wire.steer}

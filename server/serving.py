@@ -107,13 +107,7 @@ class ControlledServing:
         except BaseException:
             release()
             raise
-        if resolved.wire.steer:
-            metrics.CONTROLLED_REQUESTS.labels("steer").inc()
-        if "refusal" in resolved.applied:
-            metrics.CONTROLLED_REQUESTS.labels("refusal").inc()
-        if "hallucination" in resolved.applied:
-            metrics.CONTROLLED_REQUESTS.labels("hallucination").inc()
-        for name in resolved.wire.plugins:
+        for name in resolved.counted_controls:
             metrics.CONTROLLED_REQUESTS.labels(name).inc()
         if isinstance(result, self.error_cls):
             release()
