@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from vsteer.artifacts import ArtifactStore, ModelFingerprint
 from vsteer.engine_config import DEFAULT_STEER_SLOTS, vsteer_additional_config
-from vsteer.plugins import vllm_compat as compat
+from vsteer.plugins import vllm_server_compat as compat
 from vsteer.plugins.channel import ChannelListener, new_channel_address
 from vsteer.server import metrics
 from vsteer.server.admission import SlotAdmission

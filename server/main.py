@@ -60,7 +60,7 @@ def _rate_limit(text: str) -> RateLimit:
 def build_config(argv: list[str]):
     from vsteer.model import resolve_model
     from vsteer.plugins import engine_support
-    from vsteer.plugins import vllm_compat as compat
+    from vsteer.plugins import vllm_server_compat as compat
     from vsteer.plugins.engine_support import EngineFeatures
     from vsteer.server.app import ServerConfig
 

@@ -14,7 +14,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from vsteer.plugins import vllm_compat as compat
+from vsteer.plugins import vllm_server_compat as compat
 from vsteer.plugins.channel import ChannelListener
 from vsteer.server import metrics
 from vsteer.server.admission import SlotAdmission

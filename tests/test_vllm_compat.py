@@ -12,6 +12,7 @@ import os
 import pytest
 
 from vsteer.plugins import vllm_compat as compat
+from vsteer.plugins import vllm_server_compat as server_compat
 from vsteer.plugins.hook_sites import HOOK_SITES
 
 
@@ -108,17 +109,17 @@ def test_additional_config_is_hashed_into_the_compile_key():
 
 
 def test_server_side_internals():
-    chat, completion = compat.openai_request_classes()
+    chat, completion = server_compat.openai_request_classes()
     for cls in (chat, completion):
         assert {"vllm_xargs", "cache_salt", "stream_options"} <= set(cls.model_fields), cls
-    responses = compat.responses_request_class()
+    responses = server_compat.responses_request_class()
     assert {"vllm_xargs", "cache_salt", "input", "stream"} <= set(responses.model_fields)
-    err = compat.error_response_class()
+    err = server_compat.error_response_class()
     assert "error" in err.model_fields
-    with pytest.raises(compat.client_error_class()) as e:  # not wrapped by pydantic
+    with pytest.raises(server_compat.client_error_class()) as e:  # not wrapped by pydantic
         completion.model_validate({"model": "m", "prompt": ""})
     assert getattr(e.value, "parameter", None) == "prompt"
-    parser = compat.vllm_arg_parser()
+    parser = server_compat.vllm_arg_parser()
     args = parser.parse_args(["--model", "m", "--dtype", "float32"])
     assert args.model == "m" and args.dtype == "float32"
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -154,7 +155,7 @@ def test_offline_shutdown_survives_a_child_that_exits_while_being_killed():
                 raise psutil.NoSuchProcess(123)
 
     llm = type("LLM", (), {"llm_engine": type("E", (), {"engine_core": Core()})()})()
-    compat.shutdown_offline_engine(llm)
+    server_compat.shutdown_offline_engine(llm)
     assert len(calls) == 2
 
 

@@ -31,7 +31,7 @@ class OfflineEngine:
         self.close()
 
     def close(self) -> None:
-        from vsteer.plugins import vllm_compat
+        from vsteer.plugins import vllm_server_compat
 
-        vllm_compat.shutdown_offline_engine(self.llm)
+        vllm_server_compat.shutdown_offline_engine(self.llm)
         self.listener.close()
