@@ -18,7 +18,8 @@ The response says what each rule did, from the router itself: `control.experts.r
 .routed` is how many (token, layer) routings went to the rule's experts (0 for `off`;
 tokens x layers for `force`), over `tokens` token rows the model ran for the request
 (its prompt, without prefix-cache hits: the request's prompt is computed privately,
-and every generated token but the last).
+and every generated token but the last), each position once: a recompute after
+preemption is routed the same way and not counted again.
 """
 
 from __future__ import annotations

@@ -4,7 +4,11 @@ router of the model is wrapped (plugins/vllm_moe.py) so that its pick goes throu
 slot per request holds its route[s, layer, expert] table (written at setup) and the
 device counts of where its tokens went; per step the host writes token_slot[t] (the
 route slot of token t, or -1), and after the step reads the counts of the requests
-that ran (one read) and clears them."""
+that ran (one read) and clears them.
+
+A recompute after preemption runs positions the request ran before: those rows are
+routed the same way, through the slot's shadow (slot + S, the same route table) whose
+counts are dropped, so `control.experts` counts every position once."""
 
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ class ExpertsState:
     slot: int
     rules: list[list[tuple[int, int]]]  # per rule: its (layer, expert) pairs
     routing: bool
-    tokens: int = 0  # token rows this step
+    tokens: int = 0  # token rows this step at positions not run before
+    next_pos: int = 0  # positions below this ran in an earlier step
 
 
 class ExpertsWorker(WorkerControl):
@@ -46,12 +51,17 @@ class ExpertsWorker(WorkerControl):
 
     # -- model load ---------------------------------------------------------------------
     def attach(self, model: torch.nn.Module) -> None:
-        self.layers = moe_layers(model)
+        self.attach_layers(moe_layers(model))
+
+    def attach_layers(self, layers: list[MoELayer]) -> None:
+        """Wrap these MoE blocks' routers (attach, or a test's own blocks)."""
+        self.layers = layers
         self.controlled = [m for m in self.layers if m.controllable]
         if not self.controlled:
             return
         E = max(m.num_experts for m in self.controlled)
-        shape = (self.ctx.max_num_reqs, self.ctx.num_layers, E)
+        # [2S, L, E]: slot s and its shadow s + S (recomputed rows, not counted)
+        shape = (2 * self.ctx.max_num_reqs, self.ctx.num_layers, E)
         self.route = torch.zeros(shape, dtype=torch.float32, device=self.ctx.device)
         self.counts = torch.zeros(shape, dtype=torch.int32, device=self.ctx.device)
         for m in self.controlled:
@@ -90,8 +100,10 @@ class ExpertsWorker(WorkerControl):
         route = torch.zeros(self.route.shape[1:])  # [L, E]
         for la, e, v in wire["route"]:
             route[int(la), int(e)] = float(v)
-        self.route[s] = route.to(self.route.device)
+        shadow = s + self.ctx.max_num_reqs
+        self.route[s] = self.route[shadow] = route.to(self.route.device)
         self.counts[s].zero_()
+        self.counts[shadow].zero_()
         rules = [[(int(la), int(e)) for la, e in pairs] for pairs in wire["rules"]]
         return ExpertsState(s, rules, bool(wire["routing"]))
 
@@ -111,10 +123,15 @@ class ExpertsWorker(WorkerControl):
         self._read = None
         for r in rows:
             st: ExpertsState = r.state
-            ts[r.start:r.end] = st.slot
+            again = min(max(st.next_pos - r.position, 0), r.end - r.start)  # recomputed
+            ts[r.start:r.start + again] = st.slot + self.ctx.max_num_reqs
+            ts[r.start + again:r.end] = st.slot
+            st.tokens = r.end - r.start - again
+            st.next_pos = max(st.next_pos, r.position + r.end - r.start)
             last, n = max(last, r.end), n + r.end - r.start
-            if st.slot not in self._ran:
-                self._ran.append(st.slot)
+            for s in (st.slot, st.slot + self.ctx.max_num_reqs):
+                if s not in self._ran:
+                    self._ran.append(s)
         self.token_slot.upload(max(last, self._last_t))
         self.fence.record()
         self._last_t = last
@@ -134,8 +151,7 @@ class ExpertsWorker(WorkerControl):
         counts = self._read.get(st.slot)
         if counts is None:
             return {"tokens": 0, "rules": [0] * len(st.rules)}
-        tokens = rows.end - rows.start
-        out: dict[str, Any] = {"tokens": tokens,
+        out: dict[str, Any] = {"tokens": st.tokens,
                                "rules": [int(sum(counts[la, e] for la, e in pairs))
                                          for pairs in st.rules]}
         if st.routing:

@@ -54,7 +54,8 @@ class _Lru(OrderedDict):
 class FeatureState:
     slots: list[int]
     segments: list[Segment]
-    tokens: int = 0  # token rows moved this step
+    tokens: int = 0  # token rows moved this step, at positions not moved before
+    next_pos: int = 0  # positions below this ran in an earlier step (a recompute)
 
 
 class FeaturesWorker(WorkerControl):
@@ -145,9 +146,11 @@ class FeaturesWorker(WorkerControl):
                 tr[a:b] = n_rows
                 for la in {self._slot_layer[e[0]] for e in seg.entries}:
                     self._active[la] += b - a
-                st.tokens += b - a
+                # moved again on a recompute after preemption, but counted once
+                st.tokens += b - max(a, min(b, r.start + st.next_pos - r.position))
                 n_rows += 1
                 last = max(last, b)
+            st.next_pos = max(st.next_pos, r.position + r.end - r.start)
         self.token_row.upload(max(last, self._last_t))
         for buf in (self.row_slot, self.row_op, self.row_value):
             buf.upload(n_rows)
