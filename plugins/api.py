@@ -117,7 +117,6 @@ class StepCounts:
     """The current step's batch, controlled requests or not (updated before `plan`)."""
 
     tokens: int = 0  # token rows the step schedules
-    requests: int = 0
 
 
 @dataclass(frozen=True)

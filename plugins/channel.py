@@ -182,11 +182,12 @@ class ChannelListener:
         out, res.token_scores = res.token_scores, []
         return out
 
-    def wait_exit_tokens(self, rid: str, count: int, timeout: float) -> list[list[int]]:
-        """The [exit layer, agreement] records of `rid`'s first `count` tokens, removed."""
+    def wait_token_results(self, rid: str, control: str, count: int, timeout: float
+                           ) -> list[Any]:
+        """A per-token installed control's results (Control.per_token) for `rid`'s first
+        `count` tokens, removed (e.g. early exit's [exit layer, agreement] records)."""
         res = self.book.wait(rid, Expect(tokens=count), timeout)
-        out = res.extra.pop("early_exit", [])[:count]
-        return out
+        return res.extra.pop(control, [])[:count]
 
     def wait_captures(self, rids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
         deadline = time.monotonic() + timeout

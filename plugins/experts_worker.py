@@ -129,7 +129,8 @@ class ExpertsWorker(WorkerControl):
             st.tokens = r.end - r.start - again
             st.next_pos = max(st.next_pos, r.position + r.end - r.start)
             last, n = max(last, r.end), n + r.end - r.start
-            for s in (st.slot, st.slot + self.ctx.max_num_reqs):
+            used = (st.slot, st.slot + self.ctx.max_num_reqs) if again else (st.slot,)
+            for s in used:  # the shadow's counts are read (and cleared) only if it ran
                 if s not in self._ran:
                     self._ran.append(s)
         self.token_slot.upload(max(last, self._last_t))

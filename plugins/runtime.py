@@ -120,7 +120,7 @@ class ControlRuntime:
         self.channel.send({"type": "hello", "pid": os.getpid(), "rank": self.shape.tp_rank,
                            "fingerprint": self.fingerprint.to_dict(), "backend": self.backend,
                            "backends": self.backends, "slots": self.slots.num_slots,
-                           "eager": self.eager, "layer_skip": self.layer_skip.available,
+                           "eager": self.eager,
                            "controls": self.installed.describe()})
 
     def skips(self, layer: int) -> bool:
@@ -183,7 +183,6 @@ class ControlRuntime:
                 self._set_up_new(runner, new)
             self.plan.begin(num_tokens)
             self.worker_ctx.step.tokens = int(view.query_start[len(view.req_ids)])
-            self.worker_ctx.step.requests = len(view.req_ids)
             step = plan_step(view, self.requests)
             self._apply(step, view.req_ids)
             self.installed.plan(step, self.requests)

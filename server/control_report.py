@@ -28,7 +28,7 @@ class ControlReporter:
         self.controls = controls or {}  # installed controls (plugins/api.py)
 
     @staticmethod
-    def _per_token_records(resolved: ResolvedControl) -> bool:
+    def _waits_for_every_token(resolved: ResolvedControl) -> bool:
         """Whether the report waits for every sampled token's step: per-token probe
         scores, and every installed control (its results of a step arrive with the
         step's message, and the reply's last step may land after its last token)."""
@@ -38,7 +38,7 @@ class ControlReporter:
     def expect(self, resolved: ResolvedControl, tokens: int = 0) -> Expect:
         w = resolved.wire
         return Expect(seen=True, decision=w.decide is not None, probe=w.probe is not None,
-                      tokens=tokens if self._per_token_records(resolved) else 0)
+                      tokens=tokens if self._waits_for_every_token(resolved) else 0)
 
     async def probe(self, resolved: ResolvedControl) -> dict[str, Any] | None:
         """The in-prefill probe result of the reply's first choice (abstain reads it
@@ -66,7 +66,7 @@ class ControlReporter:
         expects = {c: self.expect(resolved, completion_tokens if n == 1 else 0)
                    for c in range(n)}
         # n > 1: the reply's token count is over all its choices
-        total = completion_tokens if n > 1 and self._per_token_records(resolved) else 0
+        total = completion_tokens if n > 1 and self._waits_for_every_token(resolved) else 0
         got = await self.book.wait_async(rid, expects, REPORT_DEADLINE_S, total_tokens=total)
         self.book.pop(rid)
         errors: list[dict[str, str]] = []

@@ -14,8 +14,6 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from vsteer.server.errors import APIError
-
 
 @dataclass(frozen=True)
 class ModeFields:
@@ -32,6 +30,8 @@ class ModeFields:
         takes = self.fields(mode)
         extra = sorted(given - {self.key} - takes)
         if extra:
+            from vsteer.server.errors import APIError  # server side only
+
             names = ", ".join(sorted(takes)) or "no other field"
             raise APIError(400, f"{prefix}.{extra[0]} does not apply to {self.key} {mode!r} "
                            f"(it takes {names})", param=f"{prefix}.{extra[0]}",

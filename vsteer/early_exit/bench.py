@@ -72,8 +72,8 @@ def run_exit_bench(model: str, artifacts: Path, predictor: str, prompts_file: Pa
             base_rates.append(n_base / t_base)
             answers, t = _timed(engine, prompts, control, max_tokens, batch, f"exit {label}")
             ids = [a.token_ids for a in answers]
-            records = [r for a in answers for r in engine.listener.wait_exit_tokens(
-                a.rid, len(a.token_ids), 2.0)]
+            records = [r for a in answers for r in engine.listener.wait_token_results(
+                a.rid, "early_exit", len(a.token_ids), 2.0)]
             stats = summarize_exits(records, n_layers)
             agree, prefix = token_agreement(base_ids, ids)
             curve.append({**point, "tokens_per_s": sum(map(len, ids)) / t,
