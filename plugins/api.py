@@ -6,7 +6,8 @@ A control is one installable unit registered in the entry-point group
 vLLM worker, and routes `control.<name>` to it:
 
     server  (HTTP thread)      Control.resolve(request, ResolveContext) -> Resolution
-                               every 4xx raised here, before anything is enqueued
+                               every 4xx raised here, before anything is enqueued;
+                               Resolution.steer: entries for the shared token plan
     worker  (model load)       Control.worker(WorkerContext) -> WorkerControl
                                WorkerControl.attach(model): hooks of its own (optional)
                                WorkerControl.describe() -> what resolve sees as ctx.worker
@@ -42,7 +43,7 @@ from pydantic import BaseModel
 from vsteer.artifacts import ModelFingerprint
 
 ENTRY_POINT_GROUP = "vsteer.controls"
-BUILT_IN = frozenset({"steer", "refusal", "hallucination"})
+BUILT_IN = frozenset({"refusal", "hallucination"})
 
 
 class ControlSetupError(Exception):
@@ -54,10 +55,15 @@ class ControlSetupError(Exception):
 class Resolution:
     wire: dict[str, Any] | None  # JSON values the worker's setup gets (None: nothing
     # runs in the worker for this request, e.g. a mode "off"; `applied` is still echoed)
-    applied: dict[str, Any]  # echoed in the response (control.<name>) with the report
+    applied: Any  # JSON echoed in the response (control.<name>) with the report
     # The control must see every prompt token of its own request computed (not read
     # from vLLM's prefix cache): the request's KV blocks are then never shared.
     private_prefill: bool = False
+    # Entries for the shared token plan (vsteer.wire.steer_entry): every worker loads
+    # each into the slot table and the `steer_apply` op adds, ablates or normalizes it at
+    # the request's tokens in its positions, after the entries of controls named before
+    # it in the request. A control needs no worker half to steer (plugins/steer_control).
+    steer: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -208,8 +214,9 @@ class Control(ABC):
         """Validate against artifacts, model and policy; raise ctx.error(...) on 4xx."""
 
     @abstractmethod
-    def worker(self, ctx: WorkerContext) -> WorkerControl:
-        """This control's worker half, once per worker process."""
+    def worker(self, ctx: WorkerContext) -> WorkerControl | None:
+        """This control's worker half, once per worker process (None: it has none, e.g.
+        it only writes shared-table entries through `Resolution.steer`)."""
 
     def report(self, applied: dict[str, Any], results: list[Any]) -> dict[str, Any]:
         """control.<name> of the response: `applied`, and the collected `results` of

@@ -22,10 +22,12 @@ log = logging.getLogger("vsteer.runtime")
 class InstalledControls:
     def __init__(self, ctx: WorkerContext) -> None:
         controls = installed_controls()
+        made = {name: c.worker(ctx) for name, c in controls.items()}
+        # controls without a worker half (steer: its entries go to the shared token plan)
         self.workers: dict[str, WorkerControl] = {
-            name: c.worker(ctx) for name, c in controls.items()}
+            name: wc for name, wc in made.items() if wc is not None}
         # editors first (by name), then readers: a reader sees the layer's final stream
-        self._order = sorted(controls, key=lambda n: (controls[n].reads_only, n))
+        self._order = sorted(self.workers, key=lambda n: (controls[n].reads_only, n))
         self.layer_hooks = [self.workers[n] for n in self._order]
         self._busy: list[WorkerControl] = []  # this step's controls with rows, in order
         self._rows: dict[str, list[RequestRows]] = {}  # this step's, by control

@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from vsteer.server.mode_schema import ModeFields, f
-from vsteer.wire import MAX_STEER_ENTRIES
 
 
 class PositionWindow(BaseModel):
@@ -130,8 +129,10 @@ MODE_TABLES = {"refusal": REFUSAL_MODES, "hallucination": HALLUCINATION_ACTIONS}
 
 
 class ControlSpec(BaseModel):
+    """The built-ins not (yet) on the Control API; `steer` and every other key are
+    installed controls (plugins/api.py), each validating its own part."""
+
     model_config = ConfigDict(extra="forbid")
 
-    steer: list[SteerEntry] = Field(default_factory=list, max_length=MAX_STEER_ENTRIES)
     refusal: RefusalControl | None = None
     hallucination: HallucinationControl | None = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -18,11 +18,10 @@ from vsteer.plugins.api import Control, ResolveContext, StoredVector
 from vsteer.plugins.control_registry import installed_controls
 from vsteer.server.auth import OPERATOR, Principal
 from vsteer.server.control_protocol import ControlSpec
-from vsteer.server.dose_resolver import scale_for_kl
 from vsteer.server.errors import APIError, pydantic_errors_to_api_error
 from vsteer.server.hallucination_resolver import resolve_hallucination
-from vsteer.server.refusal_resolver import check_scale, load_artifact, resolve_refusal
-from vsteer.wire import MAX_STEER_ENTRIES, WireSpec, WireSteer, encode, steer_entry
+from vsteer.server.refusal_resolver import load_artifact, resolve_refusal
+from vsteer.wire import MAX_STEER_ENTRIES, WireSpec, WireSteer, encode
 
 
 @dataclass
@@ -30,6 +29,8 @@ class ResolvedControl:
     wire: WireSpec
     applied: dict[str, Any]  # echoed back in the response's `control`
     private_prefill: bool = False  # an installed control must compute every prompt token
+    # installed controls that reach the worker (a wire, or shared token-plan entries)
+    runs: list[str] = field(default_factory=list)
 
     @property
     def active(self) -> bool:
@@ -40,12 +41,10 @@ class ResolvedControl:
     @property
     def counted_controls(self) -> list[str]:
         """The controls `vsteer_controlled_requests_total{control}` counts this request
-        under: steering that reaches the kernel, refusal and hallucination as asked
-        (any mode), and every installed control that runs in the worker."""
-        w = self.wire
-        names = ["steer"] if w.steer else []
-        names += [n for n in ("refusal", "hallucination") if n in self.applied]
-        return names + list(w.plugins)
+        under: every installed control that reaches the worker (steering with a nonzero
+        scale, a mode that runs), refusal and hallucination as asked (any mode)."""
+        names = [n for n in ("refusal", "hallucination") if n in self.applied]
+        return sorted(set(self.runs) | set(names))
 
     @property
     def slot_keys(self) -> set[str]:
@@ -66,17 +65,24 @@ class ResolvedControl:
         # its KV is never shared. A mean-pooled probe must see every prompt token, so it
         # must not start from a cached prefix either: its salt names the request too.
         # So does an installed control that asks for it (private_prefill), such as
-        # early exit's `exit` mode. Steering on anything but `all` positions: whether a
-        # position was steered depends on where that request's prompt ended (a later
-        # prompt may extend it with the reply, whose positions were `generated` there),
-        # so never shared.
+        # early exit's `exit` mode or steering on a window of positions.
         w = self.wire
         mean_probe = w.probe is not None and self.applied["hallucination"]["pooling"] == "mean"
-        windowed = any(e.positions != "all" for e in w.steer)
-        private = mean_probe or windowed or self.private_prefill
+        private = mean_probe or self.private_prefill
         body = encode(WireSpec(rid=w.rid if private else "", steer=w.steer,
                                decide=w.decide, probe=w.probe, plugins=w.plugins)).encode()
         return "vsteer-" + hashlib.sha256(body).hexdigest()[:32]
+
+
+@dataclass
+class _Installed:
+    """What the installed controls of one request resolved to."""
+
+    wires: dict[str, str] = field(default_factory=dict)
+    applied: dict[str, Any] = field(default_factory=dict)
+    steer: list[WireSteer] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
+    private: bool = False
 
 
 class ControlResolver:
@@ -107,32 +113,10 @@ class ControlResolver:
         bound = self.max_abs_scale
         if who.tenant is not None and who.tenant.policy.max_abs_scale is not None:
             bound = min(bound, who.tenant.policy.max_abs_scale)
-        plugins, plugin_applied, private = self._resolve_installed(own, who, bound,
-                                                                   max_tokens, n, stops_at_eos)
+        installed = self._resolve_installed(own, who, bound, max_tokens, n, stops_at_eos)
         rid = uuid.uuid4().hex
-        steer: list[WireSteer] = []
+        steer: list[WireSteer] = list(installed.steer)  # in the request's order, first
         applied: dict[str, Any] = {}
-        steer_applied: list[dict[str, Any]] = []
-        for i, entry in enumerate(spec.steer):
-            param = f"control.steer[{i}]"
-            stored = load_artifact(self.store, self.fingerprint, "vector", entry.vector,
-                                   f"{param}.vector", who)
-            layers = self._layers(entry.layers, stored.value.layers, entry.vector, param)
-            scale = entry.scale if entry.kl is None else scale_for_kl(entry, stored.value,
-                                                                      layers, param)
-            check_scale(scale, bound, f"{param}.scale")
-            steer_applied.append({"vector": entry.vector, "scale": scale,
-                                  "layers": layers, "positions": entry.positions_json(),
-                                  "op": entry.op})
-            if entry.kl is not None:
-                steer_applied[-1]["kl"] = entry.kl
-            if scale == 0.0:
-                continue  # scale 0 is no steering, bit for bit: nothing reaches the kernel
-            positions, window = entry.wire_positions()
-            steer.append(steer_entry(entry.vector, stored.sha256, str(stored.path), layers,
-                                     scale, entry.op, positions, window=window))
-        if steer_applied:
-            applied["steer"] = steer_applied
         decide = None
         if spec.refusal is not None:
             ref = resolve_refusal(spec.refusal, rid, self.store, self.fingerprint, who, bound)
@@ -150,19 +134,18 @@ class ControlResolver:
             raise APIError(400, f"control uses more than {MAX_STEER_ENTRIES} steering entries "
                            "(steer entries, plus one for refusal, plus one for a mitigating "
                            "probe)", param="control", code="too_many_slots")
-        applied.update(plugin_applied)
+        applied = {**installed.applied, **applied}
         return ResolvedControl(WireSpec(rid=rid, steer=steer, decide=decide, probe=probe,
-                                        plugins=plugins), applied,
-                               private)
+                                        plugins=installed.wires), applied,
+                               installed.private, installed.runs)
 
     def _resolve_installed(self, raw: dict[str, Any], who: Principal, bound: float,
                            max_tokens: int | None, n: int = 1, stops_at_eos: bool = True
-                           ) -> tuple[dict[str, str], dict[str, Any], bool]:
-        """The installed controls (plugins/api.py) the request names: their wire (JSON
-        text for the worker) and what each reports as applied."""
-        wires: dict[str, str] = {}
-        applied: dict[str, Any] = {}
-        private = False
+                           ) -> _Installed:
+        """The installed controls (plugins/api.py) the request names, in its order: their
+        wire (JSON text for the worker), shared token-plan entries and what each reports
+        as applied."""
+        out = _Installed()
         for name, value in raw.items():
             control = self.controls[name]
             param = f"control.{name}"
@@ -175,12 +158,14 @@ class ControlResolver:
                                  partial(self._artifact, who), n, stops_at_eos,
                                  self.worker_info.get(name, {}))
             res = control.resolve(request, ctx)
-            applied[name] = res.applied
-            if res.wire is None:
-                continue  # nothing runs in the worker (e.g. mode "off")
-            wires[name] = json.dumps(res.wire)
-            private |= res.private_prefill
-        return wires, applied, private
+            out.applied[name] = res.applied
+            out.steer += res.steer
+            if res.wire is not None:
+                out.wires[name] = json.dumps(res.wire)
+            if res.wire is not None or res.steer:
+                out.runs.append(name)  # else nothing runs in the worker (e.g. mode "off")
+                out.private |= res.private_prefill
+        return out
 
     def _artifact(self, who: Principal, kind: str, name: str, param: str) -> Any:
         return load_artifact(self.store, self.fingerprint, kind, name, param, who)
@@ -205,22 +190,6 @@ class ControlResolver:
                                f"{who.tenant.name!r} (fixed to {pol.default_control[part]})",
                                param=f"control.{part}", code="control_locked")
         return {**pol.default_control, **raw}
-
-    def _layers(self, requested: list[int] | None, own: list[int], name: str,
-                param: str) -> list[int]:
-        if requested is None:
-            return list(own)
-        n = self.fingerprint.num_layers
-        for la in requested:
-            if not 0 <= la < n:
-                raise APIError(400, f"{param}.layers: layer {la} is out of range (model has "
-                               f"{n} layers, 0..{n - 1})", param=f"{param}.layers",
-                               code="layer_out_of_range")
-            if la not in own:
-                raise APIError(400, f"{param}.layers: vector {name!r} has no direction at "
-                               f"layer {la} (it has {own})", param=f"{param}.layers",
-                               code="layer_not_in_artifact")
-        return sorted(set(requested))
 
 
 def _normalized(part: str, value: Any) -> Any:
