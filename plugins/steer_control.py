@@ -44,8 +44,8 @@ class Steer(Control):
         for i, entry in enumerate(request.root):
             param = f"{ctx.param}[{i}]"
             stored = ctx.load_artifact("vector", entry.vector, f"{param}.vector")
-            layers = self._layers(entry.layers, stored.value.layers, entry.vector, param,
-                                  ctx)
+            layers = self._layers(entry.layers, stored.value.layers, entry.vector,
+                                  f"[{i}].layers", ctx)
             scale = entry.scale if entry.kl is None else scale_for_kl(
                 entry, stored.value, layers, param)
             check_scale(scale, ctx.max_abs_scale, f"{param}.scale")
@@ -65,20 +65,19 @@ class Steer(Control):
         return Resolution(None, applied, private_prefill=windowed, steer=entries)
 
     @staticmethod
-    def _layers(requested: list[int] | None, own: list[int], name: str, param: str,
+    def _layers(requested: list[int] | None, own: list[int], name: str, field: str,
                 ctx: ResolveContext) -> list[int]:
+        """The entry's layers (`field`: their path under control.steer), checked."""
         if requested is None:
             return list(own)
         n = ctx.fingerprint.num_layers
         for la in requested:
             if not 0 <= la < n:
                 raise ctx.error(f"layer {la} is out of range (model has {n} layers, "
-                                f"0..{n - 1})", f"{param[len(ctx.param):]}.layers",
-                                "layer_out_of_range")
+                                f"0..{n - 1})", field, "layer_out_of_range")
             if la not in own:
                 raise ctx.error(f"vector {name!r} has no direction at layer {la} (it has "
-                                f"{own})", f"{param[len(ctx.param):]}.layers",
-                                "layer_not_in_artifact")
+                                f"{own})", field, "layer_not_in_artifact")
         return sorted(set(requested))
 
     def worker(self, ctx: WorkerContext) -> None:
