@@ -2,7 +2,7 @@
 (refusal controllers, MLP hallucination probes, early-exit checks), so compiled graphs
 keep calling it at every layer.
 
-Semantics: `plugins/decision.py`, `plugins/probe_control.py`, `plugins/early_exit.py`.
+Semantics: `plugins/decision.py`, `plugins/probe_run.py`, `plugins/early_exit.py`.
 The op forwards to the runtime registered under `handle`; it may mutate the slot table
 (`vectors`, `inv_norms`) and the CPU `step` record (so kernels drop work cached for
 this step). It does nothing unless a job is due at this layer in this step. These jobs

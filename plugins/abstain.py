@@ -1,20 +1,19 @@
 """`abstain`: a vLLM logits processor (entry point group `vllm.logits_processors`) that
-lets a request whose hallucination probe fired sample only its end-of-sequence token.
+lets a request a control ends sample only its end-of-sequence token.
 
 Semantics, per sampling step, for each batch row i held by a request r:
-    fired(r) = r.rid in runtime.abstained                 (known on the host: earlier
-                                                            steps, host-side probes)
-               or out[runtime.abstain_jobs[r.rid], FIRED]  (this step's table job, read
-                                                            on the device)
-               or flag[k] > 0 for (flag, k) = installed.enders[r.rid]   (an installed
-                   control that ends requests, e.g. react's stop; read on the device)
+    fired(r) = any(flag[k] > 0 for (flag, k) in installed.ending(r.rid))
+               each control of r with `ends` says, this step, which device flag ends r
+               (WorkerControl.ends_request): a hallucination probe's job-table row
+               (abstain), react's fired slot (stop), or a constant for a verdict the
+               host already knows
     if fired(r):  logits[i, :] = -inf;  logits[i, eos(r)] = 0
-The probe scores inside the same step's prefill (plugins/runtime.py), before sampling,
-so the request's first sampled token is its end: nothing is generated past the probe.
-The table job's verdict is applied with a device-side select, so deciding needs no
-read-back of the score (it reaches the host later, through the result mailbox).
-Rows of other requests are untouched. vLLM does not load plugin logits processors
-when speculative decoding is on; abstain then has no effect (the README says so).
+A probe scores inside the same step's prefill, before sampling, so the request's first
+sampled token is its end: nothing is generated past the probe. The verdict is applied
+with a device-side select, so deciding needs no read-back (the score reaches the host
+later, through the result mailbox). Rows of other requests are untouched. vLLM does
+not load plugin logits processors when speculative decoding is on; controls that end
+requests then have no effect (the README says so).
 """
 
 from __future__ import annotations
@@ -31,13 +30,12 @@ _Base, _Move = logits_processor_api()
 
 
 def abstain_target(params: Any) -> tuple[str, int] | None:
-    """(rid, eos token id) of a request that asked for `abstain` or has an installed
-    control that may end it (WorkerControl.ends_request), else None."""
+    """(rid, eos token id) of a request with a control that may end it, else None."""
     raw = (params.extra_args or {}).get(EXTRA_ARGS_KEY)
     if not raw:
         return None
     spec = decode(raw)
-    if not spec.plugins and (spec.probe is None or spec.probe.action != "abstain"):
+    if not spec.plugins:
         return None
     eos = params.eos_token_id
     if eos is None and params.all_stop_token_ids:
@@ -74,39 +72,41 @@ class AbstainLogitsProcessor(_Base):
         if not self.rows:
             return logits
         rt = entry.runtime()
-        enders = rt.installed.enders if rt is not None else {}
-        if rt is None or not (rt.abstained or rt.abstain_jobs or enders):
+        if rt is None or not rt.installed.enders:
             return logits
-        pending: list[tuple[int, int, int]] = []  # (batch row, eos, job row)
-        ending: dict[int, list[tuple[int, int, int]]] = {}  # flag tensor -> (row, eos, idx)
-        flags: dict[int, torch.Tensor] = {}
+        groups: dict[int, tuple[torch.Tensor, list[tuple[int, int]]]] = {}  # by flag
+        eos_of: dict[int, int] = {}  # batch row -> its end token
         for i, (rid, eos) in self.rows.items():
             if i >= logits.shape[0]:
                 continue
-            if rid in rt.abstained:
-                logits[i] = float("-inf")
-                logits[i, eos] = 0.0
-            elif (j := rt.abstain_jobs.get(rid)) is not None:
-                pending.append((i, eos, j))
-            if (e := enders.get(rid)) is not None:
-                flags[id(e[0])] = e[0]
-                ending.setdefault(id(e[0]), []).append((i, eos, e[1]))
-        if pending:
-            _mask_where_fired(logits, pending, rt.jobs.out[:, 1])
-        for key, items in ending.items():
-            _mask_where_fired(logits, items, flags[key])
+            for flag, k in rt.installed.ending(rid):
+                groups.setdefault(id(flag), (flag, []))[1].append((i, k))
+                eos_of[i] = eos
+        if groups:
+            _end_where_fired(logits, list(groups.values()), eos_of)
         return logits
 
 
-def _mask_where_fired(logits: torch.Tensor, pending: list[tuple[int, int, int]],
-                      flag: torch.Tensor) -> None:
-    """logits[i] = eos-only where flag[j] > 0 for each (i, eos, j); on the device."""
-    idx = torch.tensor(pending, dtype=torch.int64)  # [k, 3]
-    if logits.device.type != "cpu":
-        idx = idx.pin_memory().to(logits.device, non_blocking=True)
-    rows, eos, jobs = idx[:, 0], idx[:, 1], idx[:, 2]
-    fired = flag.index_select(0, jobs) > 0  # [k]
-    current = logits.index_select(0, rows)  # [k, V]
+def _to(device: torch.device, rows: list) -> torch.Tensor:
+    idx = torch.tensor(rows, dtype=torch.int64)
+    if device.type != "cpu":
+        idx = idx.pin_memory().to(device, non_blocking=True)
+    return idx
+
+
+def _end_where_fired(logits: torch.Tensor,
+                     groups: list[tuple[torch.Tensor, list[tuple[int, int]]]],
+                     eos_of: dict[int, int]) -> None:
+    """logits[i] = eos-only where flag[k] > 0 for any (i, k) of any (flag, items) group;
+    on the device (a row may read several flags: several controls, or n > 1)."""
+    hit = torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)  # [B]
+    for flag, items in groups:
+        idx = _to(logits.device, items)  # [k, 2] (batch row, flag index)
+        hit.index_add_(0, idx[:, 0], (flag.index_select(0, idx[:, 1]) > 0).float())
+    pairs = _to(logits.device, sorted(eos_of.items()))  # [r, 2] (batch row, eos)
+    rows, eos = pairs[:, 0], pairs[:, 1]
+    current = logits.index_select(0, rows)  # [r, V]
     only_eos = torch.full_like(current, float("-inf"))
     only_eos.scatter_(1, eos[:, None], 0.0)
+    fired = hit.index_select(0, rows) > 0  # [r]
     logits.index_copy_(0, rows, torch.where(fired[:, None], only_eos, current))

@@ -20,8 +20,16 @@ vLLM worker, and routes `control.<name>` to it:
             (sampling)         WorkerControl.ends_request(state): a device flag that
                                makes the request's next token its end token
             (request gone)     WorkerControl.release(state)
-    server  (reply done)       Control.report(applied, results) -> control.<name>
+    server  (each chunk)       Control.stream_part(applied, results): per-token parts
+            (reply done)       Control.report(applied, results) -> control.<name>
                                Control.finish_reason(report): the reply's, if it ended it
+                               Control.replacement(report): the text shown instead
+
+Shared step tables (`WorkerContext.tables`, plugins/shared_tables.py): a control may
+steer with its own private slot (written by a decision inside the forward), score the
+stream with rows of the device job table (guards, linear probes, per-token scores; no
+read-back), or run a host job between two layers (eager engines), instead of bringing
+an op of its own. `refusal` and `hallucination` are written this way.
 
 `collect`'s results travel in the step's single report message
 (plugins/step_report.py); the server waits for the steps of every token the reply holds
@@ -43,7 +51,6 @@ from pydantic import BaseModel
 from vsteer.artifacts import ModelFingerprint
 
 ENTRY_POINT_GROUP = "vsteer.controls"
-BUILT_IN = frozenset({"refusal", "hallucination"})
 
 
 class ControlSetupError(Exception):
@@ -64,6 +71,12 @@ class Resolution:
     # the request's tokens in its positions, after the entries of controls named before
     # it in the request. A control needs no worker half to steer (plugins/steer_control).
     steer: list[Any] = field(default_factory=list)
+    # Private steering slots the worker half takes per engine request (with n choices,
+    # n times this): `WorkerContext.tables.private_slot`. Admission counts them.
+    private_slots: int = 0
+    # Streams carry `Control.stream_part` on every chunk (the server asks vLLM for the
+    # running token count, and waits for each chunk's tokens' steps).
+    streams: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,9 @@ class ResolveContext:
     stops_at_eos: bool = True  # False with ignore_eos or min_tokens > 0
     # what this control's worker half described at start (WorkerControl.describe)
     worker: dict[str, Any] = field(default_factory=dict)
+    stream: bool = False  # the reply is streamed
+    route: str = "chat"  # chat | completions | responses
+    principal: Any = None  # who asks (server/auth.Principal: .admin, .tenant.policy)
 
     def error(self, message: str, field: str | None = None, code: str = "invalid_value"):
         """The 400 to raise for this control's `field` (OpenAI error shape)."""
@@ -138,6 +154,9 @@ class WorkerContext:
     tp_rank: int
     layer_skip: LayerSkip = field(default_factory=LayerSkip)
     step: StepCounts = field(default_factory=StepCounts)
+    # the runtime's shared step tables, as this control sees them (plugins/shared_tables
+    # .ControlTables): private slots, job-table rows, host jobs; None outside a runtime
+    tables: Any = None
 
 
 @dataclass(frozen=True)
@@ -176,10 +195,10 @@ class WorkerControl(ABC):
     def plan(self, rows: list[RequestRows]) -> None:
         """Every step (rows may be empty): write this control's tables for the step."""
 
-    @abstractmethod
-    def on_layer(self, layer: int, hidden: torch.Tensor, residual: torch.Tensor | None
-                 ) -> None:
-        """Every decoder layer: hidden [T, H] (modified in place), residual [T, H]."""
+    def on_layer(self, layer: int, hidden: torch.Tensor,  # noqa: B027  (optional hook)
+                 residual: torch.Tensor | None) -> None:
+        """Every decoder layer: hidden [T, H] (modified in place), residual [T, H]. A
+        control that works only through the shared tables does not override it."""
 
     def collect(self, rows: RequestRows) -> Any:
         """After the step, per request: a JSON value for `report` (None: nothing)."""
@@ -190,9 +209,12 @@ class WorkerControl(ABC):
         runs between steps (a warm-up or dummy batch) must not change the control's
         device state."""
 
+    ends: bool = False  # True: ends_request may end a request (asked every sampling)
+
     def ends_request(self, state: Any) -> tuple[torch.Tensor, int] | None:
-        """A device flag, (tensor, index), that the sampler reads after each forward:
-        above 0, the request's next token is its end token. None: never ends it."""
+        """Asked at every sampling step of a request (for controls with `ends = True`):
+        a device flag, (tensor, index), that the sampler reads after this step's forward:
+        above 0, the request's next token is its end token. None: not this step."""
         return None
 
 
@@ -223,9 +245,25 @@ class Control(ABC):
         every step of the reply (in step order)."""
         return applied
 
+    def missing(self, applied: dict[str, Any], results: list[Any]) -> list[str]:
+        """What `report` needs that `results` (every step of the reply so far) lacks, in
+        words ([]: complete). The server waits while it is not; after the deadline each
+        item becomes part of a coded `report_incomplete` error."""
+        return []
+
+    def stream_part(self, applied: dict[str, Any], results: list[Any]) -> dict[str, Any]:
+        """For a Resolution with `streams`: what a stream chunk carries under
+        control.<name>, given the results of the tokens the chunk added (per_token)."""
+        return {}
+
     finishes = False  # True: finish_reason below may change the reply's finish_reason
 
     def finish_reason(self, report: dict[str, Any]) -> str | None:
         """The reply's finish_reason when this control ended it (None: vLLM's stays).
         Streams hold the chunk carrying finish_reason until the report is in."""
+        return None
+
+    def replacement(self, report: dict[str, Any]) -> str | None:
+        """With finish_reason: the text the reply shows instead of what the model wrote
+        (a hallucination probe that abstained), or None to keep it."""
         return None

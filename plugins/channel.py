@@ -165,23 +165,6 @@ class ChannelListener:
         out, res.errors = [e["message"] for e in res.errors], []
         return out
 
-    def wait_decision(self, rid: str, timeout: float) -> dict[str, Any] | None:
-        """The in-prefill refusal decision of request `rid` (None: none was made)."""
-        return self.book.wait(rid, Expect(decision=True), timeout).decision
-
-    def wait_probe(self, rid: str, timeout: float) -> dict[str, Any] | None:
-        """The in-prefill hallucination-probe result of request `rid` (or None)."""
-        return self.book.wait(rid, Expect(probe=True), timeout).probe
-
-    def wait_token_scores(self, rid: str, count: int, timeout: float) -> list[float]:
-        """The first `count` per-token scores of `rid` (kept until `pop_token_scores`)."""
-        return list(self.book.wait(rid, Expect(tokens=count), timeout).token_scores[:count])
-
-    def pop_token_scores(self, rid: str) -> list[float]:
-        res = self.book.peek(rid)
-        out, res.token_scores = res.token_scores, []
-        return out
-
     def wait_token_results(self, rid: str, control: str, count: int, timeout: float
                            ) -> list[Any]:
         """A per-token installed control's results (Control.per_token) for `rid`'s first

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from importlib.metadata import entry_points
 
-from vsteer.plugins.api import BUILT_IN, ENTRY_POINT_GROUP, Control
+from vsteer.plugins.api import ENTRY_POINT_GROUP, Control
 
 
 @functools.cache
@@ -23,7 +23,7 @@ def installed_controls() -> dict[str, Control]:
         if not isinstance(control, Control):
             raise RuntimeError(f"vsteer control {ep.name!r} ({ep.value}) returned "
                                f"{type(control).__name__}, not a vsteer.plugins.api.Control")
-        if control.name in BUILT_IN or control.name in out:
+        if control.name in out:
             raise RuntimeError(f"vsteer control {ep.name!r} ({ep.value}) takes the name "
                                f"{control.name!r}, which is already in use")
         out[control.name] = control

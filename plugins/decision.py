@@ -13,8 +13,9 @@ then), so the force takes effect at layers after D in this very forward pass, fo
 every token of the request from then on, and never for other requests.
 
 A guard is a job of the device job table (plugins/job_table.py; no read-back in the
-forward pass). A controller (an MLP) runs here, on the host, between two layers: it
-reads its score back, so it is eager-only on CUDA.
+forward pass). A controller (an MLP) runs on the host, between two layers: it reads
+its score back, so it is eager-only on CUDA. The `refusal` control's worker
+(plugins/refusal_worker.py) plans both through the shared tables.
 """
 
 from __future__ import annotations
@@ -101,14 +102,3 @@ def window_part(p: int, n: int, end: int, window: int
     if lo >= hi:
         return None
     return lo, hi, lo == start, hi == end
-
-
-def write_force(source_slot: int, target_slot: int, coeff: dict[int, float],
-                vectors: torch.Tensor, inv_norms: torch.Tensor) -> None:
-    """vectors[target, l] = coeff[l] * vectors[source, l] (in place): a fired decision's
-    force, written into the request's private slot."""
-    for la, c in coeff.items():
-        if c == 0.0:
-            continue
-        vectors[target_slot, la] = (vectors[source_slot, la].float() * c).to(vectors.dtype)
-        inv_norms[target_slot, la] = inv_norms[source_slot, la] / abs(c)

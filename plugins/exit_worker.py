@@ -23,7 +23,7 @@ from vsteer.artifacts import ArtifactError
 from vsteer.plugins import vllm_compat as compat
 from vsteer.plugins.api import ControlSetupError, RequestRows, WorkerContext, WorkerControl
 from vsteer.plugins.early_exit import UNKNOWN, ExitGroup, ExitRun
-from vsteer.plugins.step_jobs import stream_rows
+from vsteer.plugins.shared_tables import stream_rows
 from vsteer.wire import WireExit
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vsteer.kernels.steer_reference import OP_CODES
-from vsteer.plugins.decision import Decision
 from vsteer.plugins.position_window import Segment, Span, segments, span
-from vsteer.plugins.probe_control import ProbeRun
 from vsteer.wire import WireSpec
 
 Entry = tuple[int, float, int]  # (slot, scale, op code)
@@ -22,11 +20,8 @@ class RequestControls:
     spans: list[tuple[Entry, Span]] = field(default_factory=list)  # per steering entry
     # positions -> entries, one token-plan row each (allocated when first needed)
     segments: list[Segment] = field(default_factory=list)
-    decision: Decision | None = None  # guard / controller, decided in prefill
-    probe: ProbeRun | None = None  # hallucination probe, scored in prefill (and per token)
     errors: list[str] = field(default_factory=list)  # what could not be set up here
-    told_unscored: bool = False  # its report says some token scores are missing
-    plugins: dict[str, object] = field(default_factory=dict)  # installed control -> state
+    plugins: dict[str, object] = field(default_factory=dict)  # control -> its state
 
     def add_entry(self, key: str, slot: int, scale: float, op: str, positions: str,
                   window: tuple[int, int | None] | None = None) -> None:

@@ -1,8 +1,9 @@
 """The server's book of per-request results, filled from the workers' step messages
 (plugins/step_report.py) on the listener's thread, read by the server's handlers.
 
-A handler says what it expects of each choice (`Expect`: a prefill decision, a probe
-score, so many sampled tokens) and waits until the book holds it: the wait ends when
+A handler says what it expects of each choice (`Expect`: the first step's report, so
+many sampled tokens, what each control's report still misses) and waits until the book
+holds it: the wait ends when
 the step message carrying the last missing piece lands, not after a fixed time. A
 choice whose controls the worker could not set up is complete at once (its errors say
 why). Only a deadline far beyond any step (a worker that died) ends a wait early, and
@@ -15,6 +16,7 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,23 +25,23 @@ from vsteer.plugins.step_report import split_key
 NOT_APPLIED = "control_not_applied"  # the worker set up none of the request's controls
 
 
+# control name -> what its report still lacks, given its results so far (Control.missing)
+Needs = dict[str, Callable[[list[Any]], list[str]]]
+
+
 @dataclass(frozen=True)
 class Expect:
     seen: bool = False  # the first step's report (the worker's setup verdict) is in
-    decision: bool = False  # a refusal guard / controller decision
-    probe: bool = False  # an in-prefill hallucination-probe score
     tokens: int = 0  # this many sampled tokens (their per-token records with them)
+    needs: Needs = field(default_factory=dict)
 
 
 @dataclass
 class ChoiceResults:
     steps: list[int] = field(default_factory=list)  # engine steps this choice ran in
     sampled: int = 0
-    decision: dict[str, Any] | None = None
-    probe: dict[str, Any] | None = None
-    token_scores: list[float | None] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
-    extra: dict[str, list[Any]] = field(default_factory=dict)  # plugin controls, per step
+    extra: dict[str, list[Any]] = field(default_factory=dict)  # control -> a value per step
 
     @property
     def not_applied(self) -> bool:
@@ -52,10 +54,8 @@ class ChoiceResults:
         out = []
         if expect.seen and not self.steps:
             out.append("the worker's report of its first step")
-        if expect.decision and self.decision is None:
-            out.append("refusal decision")
-        if expect.probe and self.probe is None:
-            out.append("hallucination probe score")
+        for name, lacks in expect.needs.items():
+            out += lacks(self.extra.get(name, []))
         if self.sampled < expect.tokens:
             out.append(f"results of {expect.tokens - self.sampled} of {expect.tokens} tokens")
         return out
@@ -66,12 +66,8 @@ class ChoiceResults:
         for name, value in e.items():
             if name == "sampled":
                 continue
-            if name == "decision":
-                self.decision = value
-            elif name == "probe":
-                self.probe = value
-            elif name in ("token_scores", "errors"):
-                getattr(self, name).extend(value)
+            if name == "errors":
+                self.errors.extend(value)
             else:
                 self.extra.setdefault(name, []).append(value)
 

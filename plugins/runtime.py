@@ -1,13 +1,14 @@
 """The control runtime inside a vLLM worker.
 
 Per step: the pure planner (plugins/step_planner.py) turns the batch and the live
-requests' controls into table writes, which this applies (token-plan rows, job-table
-rows, host jobs: plugins/step_jobs.py). Per layer: the steering op and the job op
-(refusal guards, linear probes, per-token scores: no read-back), then any host-side
-jobs due there (refusal controllers, MLP probes, early-exit checks: eager only on
-CUDA), and capture for offline tooling. After the step: one report message with
-everything the step produced (plugins/step_report.py), sent once its device results
-are read (plugins/result_mailbox.py)."""
+requests' controls into each request's rows and its token-plan rows; every control
+then plans its own part (plugins/installed_controls.py), writing the shared tables
+(plugins/shared_tables.py: slots, job-table rows, host jobs) or tables of its own. Per
+layer: the steering op, the job op (no read-back), the host jobs due there (eager, or
+through the `decide` op), each control's own op, and capture for offline tooling.
+After the step: one report message with everything the step produced
+(plugins/step_report.py), sent once its device results are read
+(plugins/result_mailbox.py). Nothing here names a control."""
 
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ from vsteer.plugins.request_controls import RequestControls
 from vsteer.plugins.request_setup import RequestSetup
 from vsteer.plugins.result_book import NOT_APPLIED
 from vsteer.plugins.result_mailbox import ResultMailbox
+from vsteer.plugins.shared_tables import SharedTables
 from vsteer.plugins.slot_table import SlotTable
-from vsteer.plugins.step_jobs import StepJobs
 from vsteer.plugins.step_planner import StepPlan, plan_step
 from vsteer.plugins.step_report import StepReport
 from vsteer.plugins.token_plan import TokenPlan
@@ -60,18 +61,19 @@ class ControlRuntime:
         # in; most hold one, windows add a few, and rows behind a request are freed
         self.plan = TokenPlan(shape.max_num_tokens, 4 * shape.max_num_reqs,
                               int(cfg.get("max_entries", MAX_STEER_ENTRIES)), shape.device)
-        # per scheduled request at most a guard, a probe chunk and a per-token score;
-        # accumulators: a mean-pooled probe and a linear guard's window each hold one
+        # per scheduled request at most 3 job rows (refusal: a guard; hallucination: a
+        # probe chunk and a per-token score); accumulators: a mean-pooled probe and a
+        # linear guard's window each hold one
         self.jobs = JobTable(3 * shape.max_num_reqs, shape.num_layers, shape.hidden_size,
                              2 * shape.max_num_reqs, 2 * shape.max_num_reqs, shape.device,
                              self.plan.step)
-        self.step_jobs = StepJobs(self.slots, self.jobs, shape.num_layers, shape.device)
+        self.tables = SharedTables(self.slots, self.jobs, shape.mode.graphs, shape.device)
         # The runtime's state is shared with the thread that reads job results
         # (plugins/result_mailbox.py): both hold this lock while they touch it.
         self.lock = threading.RLock()
         self.results = ResultMailbox(self.jobs.capacity, shape.device, self.lock)
         self.fence = UploadFence(shape.device)  # host staging vs. the last upload
-        self.setup = RequestSetup(shape, self.fingerprint, self.slots, self.jobs)
+        self.setup = RequestSetup(self.fingerprint, self.slots, shape.tp_rank)
         self.tp_group = compat.tp_cpu_group()
         self.capture: CaptureCollector | None = None
         if cfg.get("capture"):
@@ -82,7 +84,7 @@ class ControlRuntime:
         self.worker_ctx = WorkerContext(
             self.fingerprint, shape.hidden_size, shape.num_layers, shape.max_num_tokens,
             shape.max_num_reqs, shape.device, shape.dtype, shape.eager, shape.tp_rank)
-        self.installed = InstalledControls(self.worker_ctx)
+        self.installed = InstalledControls(self.worker_ctx, self.tables)
         self.report = StepReport(0)  # what the current step produced, per request
         self._decide_handle = register_decider(self._run_due)
         self.steered_tokens = 0
@@ -93,15 +95,6 @@ class ControlRuntime:
         self.backend = steer.name
         self.backends = {op: backend(op, shape.device).name for op in OPS}
         self._steer_kernel = steer.fn  # eager mode calls it directly, skipping the dispatcher
-
-    # The sampler's abstain processor (plugins/abstain.py) reads these two.
-    @property
-    def abstained(self) -> set[str]:
-        return self.step_jobs.abstained
-
-    @property
-    def abstain_jobs(self) -> dict[str, int]:
-        return self.step_jobs.abstain_jobs
 
     @property
     def layer_skip(self):
@@ -154,7 +147,7 @@ class ControlRuntime:
                 self.slots.inv_norms, jobs.out, plan.step, layer,
             )
         if self.eager:
-            if self.step_jobs.pending and layer in self.step_jobs.pending:
+            if self.tables.pending and layer in self.tables.pending:
                 self._run_due(layer, hidden, residual)
         else:
             torch.ops.vsteer.decide(self.slots.vectors, self.slots.inv_norms, plan.step,
@@ -165,7 +158,7 @@ class ControlRuntime:
 
     def _run_due(self, layer: int, hidden: torch.Tensor, residual: torch.Tensor | None
                  ) -> None:
-        if self.step_jobs.run_due(layer, hidden, residual):
+        if self.tables.run_due(layer, hidden, residual):
             self.plan.invalidate()
 
     # -- per step (host side, before and after the forward) ----------------------------
@@ -173,10 +166,10 @@ class ControlRuntime:
         with self.lock:
             t0 = time.perf_counter()
             self.fence.wait()  # the device has read the last step's staging rows
-            self.step_jobs.abstain_jobs.clear()  # last step's sampling is over
             self.steps += 1
             view = compat.step_view(runner)
             self.report = StepReport(self.steps, len(view.req_ids))
+            self.tables.begin_step(self.report)
             self._forget_finished(runner)
             new = [rid for rid in view.req_ids if rid not in self.requests]
             if new:
@@ -207,10 +200,6 @@ class ControlRuntime:
             if seg.row < 0:
                 seg.row = self._alloc_row(seg.entries, scheduled)
             self.plan.assign(w.start, w.end, seg.row)
-        for pg in step.progress:
-            run = getattr(self.requests[pg.rid], pg.target)
-            run.acc_n, run.done = pg.acc_n, pg.done
-        self.step_jobs.schedule(step, self.requests, self.report)
         if self.capture is not None:
             for rid, a, split, p in step.capture:
                 rc = self.requests[rid]
@@ -222,7 +211,7 @@ class ControlRuntime:
             if self.capture is not None:
                 self.capture.finish_step()
             self.plan.reset()
-            self.step_jobs.end_step()  # host-job results are known now
+            self.tables.end_step()  # host-job results are known now
             report = self.report
             self.installed.collect(report)
             self.layer_skip.after = None
@@ -276,8 +265,6 @@ class ControlRuntime:
             rc = self.requests.pop(rid)
             if rc is not None:
                 self._free_rows_of(rc)
-                self.step_jobs.abstained.discard(rc.spec.rid)
-                self.setup.release(rc)
                 self.installed.release(rc)
                 if self.capture is not None:
                     self.capture.forget(rc.spec.rid)
@@ -298,8 +285,7 @@ class ControlRuntime:
                 spec = decode(raw)
                 rc = self.setup.setup(spec, num_prompt, pinned)
                 rc.choice = compat.choice_index(rid, spec.n)
-                self.installed.setup(rc, spec.plugins)
-                pinned.update(rc.keys)
+                self.installed.setup(rc, spec.plugins, pinned)
             made.append(rc)
         verdicts = agree([rc.errors if rc is not None else [] for rc in made], self.tp_group)
         for rid, rc, why in zip(rids, made, verdicts, strict=True):
@@ -307,7 +293,6 @@ class ControlRuntime:
                 msg = "no control of this request was applied: " + "; ".join(why)
                 log.error("vsteer %s: %s", rc.spec.rid, msg)
                 self.report.error(rc.spec.rid, rc.choice, NOT_APPLIED, msg)
-                self.setup.release(rc)
                 self.installed.release(rc)
                 rc = None
             self.requests[rid] = rc

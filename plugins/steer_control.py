@@ -34,8 +34,8 @@ class Steer(Control):
     schema = SteerRequest
 
     def resolve(self, request: SteerRequest, ctx: ResolveContext) -> Resolution:
+        from vsteer.server.artifact_access import check_scale
         from vsteer.server.dose_resolver import scale_for_kl
-        from vsteer.server.refusal_resolver import check_scale
 
         assert ctx.load_artifact is not None
         entries: list[WireSteer] = []

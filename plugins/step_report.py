@@ -11,11 +11,11 @@ never waits a fixed time and never guesses.
 Message:
     {"type": "step", "step": n, "batch": b,   # b: requests in the step, controlled or not
      "requests": {"<rid>:<choice>": {"sampled": k,        # tokens sampled this step
-                                     "decision": {...},    # refusal guard / controller
-                                     "probe": {...},       # in-prefill probe score
-                                     "token_scores": [...],  # per-token probe
                                      "errors": [{"code", "message"}, ...],
-                                     "<control>": ...}}}   # a plugin control's results
+                                     "<control>": ...}}}   # a control's results: what
+                                     # its collect returned, merged with what its jobs
+                                     # wrote (plugins/shared_tables.StepOut), e.g.
+                                     # "refusal": {"decision": {"score", "fired", ...}}
 """
 
 from __future__ import annotations

@@ -6,8 +6,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from vsteer.server.mode_schema import ModeFields, f
-
 
 class PositionWindow(BaseModel):
     """Tokens [a, b) of the prompt or of the reply: `{"prompt": [0, 4]}`, `{"prompt":
@@ -87,52 +85,9 @@ def positions_json(positions: str | PositionWindow) -> str | dict[str, list[int 
     return positions.model_dump(exclude_none=True, mode="json")
 
 
-class RefusalControl(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    mode: Literal["off", "guard", "force", "ablate", "controller"] = "guard"
-    direction: str | None = Field(default=None, min_length=1, max_length=128)
-    controller: str | None = Field(default=None, min_length=1, max_length=128)
-    scale: float | None = None  # force / guard coefficient (default 1)
-    threshold: float | None = None  # guard / controller (default: the calibrated one)
-    layers: list[int] | None = Field(default=None, max_length=512)  # force only
-
-
-# The fields each mode reads (server/mode_schema.py): any other is a 400, and the OpenAPI
-# spec shows one closed variant per mode.
-REFUSAL_MODES = ModeFields("mode", "guard", {
-    "off": f(), "guard": f("direction", "scale", "threshold"),
-    "force": f("direction", "scale", "layers"), "ablate": f("direction"),
-    "controller": f("controller", "direction", "threshold")})
-
-
-class HallucinationControl(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    probe: str = Field(min_length=1, max_length=128)
-    action: Literal["annotate", "abstain", "mitigate"] = "annotate"
-    threshold: float | None = Field(default=None, ge=0.0, le=1.0)  # default: calibrated
-    # abstain so that the error among answered questions stays near this (conformal)
-    max_error: float | None = Field(default=None, gt=0.0, lt=1.0)
-    per_token: bool = False
-    scale: float | None = None  # mitigate: coefficient of the truth direction (default 1)
-
-
-HALLUCINATION_ACTIONS = ModeFields("action", "annotate", {
-    "annotate": f(), "abstain": f("max_error"), "mitigate": f("scale")},
-    always=f("probe", "threshold", "per_token"))
-
-
-# control.<key> -> its mode table (the OpenAPI spec's discriminated variants); an
-# installed control with modes gives its own table (Control.modes)
-MODE_TABLES = {"refusal": REFUSAL_MODES, "hallucination": HALLUCINATION_ACTIONS}
-
-
 class ControlSpec(BaseModel):
-    """The built-ins not (yet) on the Control API; `steer` and every other key are
-    installed controls (plugins/api.py), each validating its own part."""
+    """`control` itself: every key is a control installed through the Control API
+    (plugins/api.py: `steer`, `refusal`, `hallucination`, ... and any plugin), each
+    validating its own part; a key no control takes is a 400 unknown_field."""
 
     model_config = ConfigDict(extra="forbid")
-
-    refusal: RefusalControl | None = None
-    hallucination: HallucinationControl | None = None

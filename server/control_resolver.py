@@ -16,11 +16,10 @@ from pydantic import ValidationError
 from vsteer.artifacts import ArtifactStore, ModelFingerprint
 from vsteer.plugins.api import Control, ResolveContext, StoredVector
 from vsteer.plugins.control_registry import installed_controls
+from vsteer.server.artifact_access import load_artifact
 from vsteer.server.auth import OPERATOR, Principal
 from vsteer.server.control_protocol import ControlSpec
 from vsteer.server.errors import APIError, pydantic_errors_to_api_error
-from vsteer.server.hallucination_resolver import resolve_hallucination
-from vsteer.server.refusal_resolver import load_artifact, resolve_refusal
 from vsteer.wire import MAX_STEER_ENTRIES, WireSpec, WireSteer, encode
 
 
@@ -28,32 +27,32 @@ from vsteer.wire import MAX_STEER_ENTRIES, WireSpec, WireSteer, encode
 class ResolvedControl:
     wire: WireSpec
     applied: dict[str, Any]  # echoed back in the response's `control`
-    private_prefill: bool = False  # an installed control must compute every prompt token
-    # installed controls that reach the worker (a wire, or shared token-plan entries)
+    private_prefill: bool = False  # a control must compute every prompt token
+    # controls that reach the worker (a wire, or shared token-plan entries)
     runs: list[str] = field(default_factory=list)
+    # per control: private steering slots each engine request of it takes (Resolution)
+    private_slots: dict[str, int] = field(default_factory=dict)
+    streams: list[str] = field(default_factory=list)  # controls with per-chunk parts
 
     @property
     def active(self) -> bool:
         w = self.wire
-        return (bool(w.steer) or w.decide is not None or w.probe is not None
-                or bool(w.plugins))
+        return bool(w.steer) or bool(w.plugins)
 
     @property
     def counted_controls(self) -> list[str]:
         """The controls `vsteer_controlled_requests_total{control}` counts this request
-        under: every installed control that reaches the worker (steering with a nonzero
-        scale, a mode that runs), refusal and hallucination as asked (any mode)."""
-        names = [n for n in ("refusal", "hallucination") if n in self.applied]
-        return sorted(set(self.runs) | set(names))
+        under: every control that reaches the worker (steering with a nonzero scale, a
+        mode that runs; a mode `off` counts for none)."""
+        return sorted(set(self.runs))
 
     @property
     def slot_keys(self) -> set[str]:
-        """Steering slots this request holds while it runs (admission counts them)."""
+        """Steering slots this request holds while it runs (admission counts them): the
+        shared plan's, and each control's private ones, per choice."""
         keys = {e.key for e in self.wire.steer}
-        if self.wire.decide is not None:
-            keys |= {self.wire.decide.source_key, self.wire.decide.target_key}
-        if self.wire.probe is not None and self.wire.probe.target_key:
-            keys |= {self.wire.probe.source_key, self.wire.probe.target_key}
+        for name, k in self.private_slots.items():
+            keys |= {f"private:{self.wire.rid}:{name}:{i}" for i in range(k * self.wire.n)}
         return keys
 
     def encoded(self) -> str:
@@ -61,17 +60,27 @@ class ResolvedControl:
 
     def cache_salt(self) -> str:
         """Prefix-cache salt: steered KV blocks are never shared with other specs."""
-        # A private slot key (refusal decision, mitigating probe) names the request, so
-        # its KV is never shared. A mean-pooled probe must see every prompt token, so it
-        # must not start from a cached prefix either: its salt names the request too.
-        # So does an installed control that asks for it (private_prefill), such as
-        # early exit's `exit` mode or steering on a window of positions.
+        # A control that asks for it (private_prefill: a decision writing a private slot
+        # inside the prefill, a mean-pooled probe that must see every prompt token,
+        # early exit's `exit` mode, steering on a window of positions) names the
+        # request in the salt, so its KV is never shared.
         w = self.wire
-        mean_probe = w.probe is not None and self.applied["hallucination"]["pooling"] == "mean"
-        private = mean_probe or self.private_prefill
-        body = encode(WireSpec(rid=w.rid if private else "", steer=w.steer,
-                               decide=w.decide, probe=w.probe, plugins=w.plugins)).encode()
+        body = encode(WireSpec(rid=w.rid if self.private_prefill else "", steer=w.steer,
+                               plugins=w.plugins)).encode()
         return "vsteer-" + hashlib.sha256(body).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """What every control of one request is resolved against."""
+
+    who: Principal
+    bound: float  # the operator's (and tenant's) bound on any scale
+    max_tokens: int | None
+    n: int
+    stops_at_eos: bool
+    stream: bool
+    route: str
 
 
 @dataclass
@@ -83,6 +92,8 @@ class _Installed:
     steer: list[WireSteer] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
     private: bool = False
+    private_slots: dict[str, int] = field(default_factory=dict)
+    streams: list[str] = field(default_factory=list)
 
 
 class ControlResolver:
@@ -98,7 +109,8 @@ class ControlResolver:
         self.max_abs_scale = max_abs_scale
 
     def resolve(self, raw: Any, who: Principal = OPERATOR, max_tokens: int | None = None,
-                n: int = 1, stops_at_eos: bool = True) -> ResolvedControl:
+                n: int = 1, stops_at_eos: bool = True, stream: bool = False,
+                route: str = "chat") -> ResolvedControl:
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -106,45 +118,29 @@ class ControlResolver:
                            code="invalid_value")
         raw = self._apply_tenant_defaults(raw, who)
         own = {k: v for k, v in raw.items() if k in self.controls}
-        try:
-            spec = ControlSpec.model_validate({k: v for k, v in raw.items() if k not in own})
+        try:  # a key no installed control takes
+            ControlSpec.model_validate({k: v for k, v in raw.items() if k not in own})
         except ValidationError as e:
             raise pydantic_errors_to_api_error(e, "control") from None
         bound = self.max_abs_scale
         if who.tenant is not None and who.tenant.policy.max_abs_scale is not None:
             bound = min(bound, who.tenant.policy.max_abs_scale)
-        installed = self._resolve_installed(own, who, bound, max_tokens, n, stops_at_eos)
-        rid = uuid.uuid4().hex
-        steer: list[WireSteer] = list(installed.steer)  # in the request's order, first
-        applied: dict[str, Any] = {}
-        decide = None
-        if spec.refusal is not None:
-            ref = resolve_refusal(spec.refusal, rid, self.store, self.fingerprint, who, bound)
-            steer += ref.steer
-            decide = ref.decide
-            applied["refusal"] = ref.applied
-        probe = None
-        if spec.hallucination is not None:
-            rp = resolve_hallucination(spec.hallucination, rid, self.store, self.fingerprint,
-                                       who, bound)
-            probe = rp.wire
-            applied["hallucination"] = rp.applied
-        used = len(steer) + (decide is not None) + bool(probe is not None and probe.target_key)
+        ask = _Ask(who, bound, max_tokens, n, stops_at_eos, stream, route)
+        out = self._resolve_controls(own, ask)
+        used = len(out.steer) + sum(out.private_slots.values())
         if used > MAX_STEER_ENTRIES:
             raise APIError(400, f"control uses more than {MAX_STEER_ENTRIES} steering entries "
-                           "(steer entries, plus one for refusal, plus one for a mitigating "
-                           "probe)", param="control", code="too_many_slots")
-        applied = {**installed.applied, **applied}
-        return ResolvedControl(WireSpec(rid=rid, steer=steer, decide=decide, probe=probe,
-                                        plugins=installed.wires), applied,
-                               installed.private, installed.runs)
+                           "(steer entries and force entries, plus one for each decision "
+                           "that steers: a refusal guard or controller, a mitigating probe)",
+                           param="control", code="too_many_slots")
+        return ResolvedControl(WireSpec(rid=uuid.uuid4().hex, n=n, steer=out.steer,
+                                        plugins=out.wires), out.applied, out.private,
+                               out.runs, out.private_slots, out.streams)
 
-    def _resolve_installed(self, raw: dict[str, Any], who: Principal, bound: float,
-                           max_tokens: int | None, n: int = 1, stops_at_eos: bool = True
-                           ) -> _Installed:
-        """The installed controls (plugins/api.py) the request names, in its order: their
-        wire (JSON text for the worker), shared token-plan entries and what each reports
-        as applied."""
+    def _resolve_controls(self, raw: dict[str, Any], ask: _Ask) -> _Installed:
+        """The controls (plugins/api.py) the request names, in its order: their wire (JSON
+        text for the worker), shared token-plan entries and what each reports as
+        applied."""
         out = _Installed()
         for name, value in raw.items():
             control = self.controls[name]
@@ -153,15 +149,21 @@ class ControlResolver:
                 request = control.schema.model_validate(value)
             except ValidationError as e:
                 raise pydantic_errors_to_api_error(e, param) from None
-            ctx = ResolveContext(self.fingerprint, param, bound, partial(self._vector, who),
-                                 self.max_model_len, max_tokens,
-                                 partial(self._artifact, who), n, stops_at_eos,
-                                 self.worker_info.get(name, {}))
+            who = ask.who
+            ctx = ResolveContext(self.fingerprint, param, ask.bound,
+                                 partial(self._vector, who), self.max_model_len,
+                                 ask.max_tokens, partial(self._artifact, who), ask.n,
+                                 ask.stops_at_eos, self.worker_info.get(name, {}),
+                                 ask.stream, ask.route, who)
             res = control.resolve(request, ctx)
             out.applied[name] = res.applied
             out.steer += res.steer
             if res.wire is not None:
                 out.wires[name] = json.dumps(res.wire)
+                if res.private_slots:
+                    out.private_slots[name] = res.private_slots
+                if res.streams:
+                    out.streams.append(name)
             if res.wire is not None or res.steer:
                 out.runs.append(name)  # else nothing runs in the worker (e.g. mode "off")
                 out.private |= res.private_prefill
@@ -194,10 +196,8 @@ class ControlResolver:
 
 def _normalized(part: str, value: Any) -> Any:
     """A control part as the server reads it (defaults filled in), for comparison."""
-    installed = installed_controls().get(part)
+    control = installed_controls().get(part)
     try:
-        if installed is not None:
-            return installed.schema.model_validate(value).model_dump()
-        return ControlSpec.model_validate({part: value}).model_dump()[part]
+        return control.schema.model_validate(value).model_dump() if control else value
     except ValidationError:
         return value

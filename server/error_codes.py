@@ -1,7 +1,7 @@
 """The one vocabulary for `error.code` in vsteer's HTTP errors (OpenAI shape). Every
 literal code in server/ and vsteer/ must be listed here (tests/test_error_codes.py)."""
 
-# Kinds `load_artifact` resolves (refusal_resolver.LABELS); each has an unknown_<kind>.
+# Kinds `load_artifact` resolves (artifact_access.LABELS); each has an unknown_<kind>.
 ARTIFACT_KINDS = ("vector", "direction", "controller", "probe", "exit", "sae", "experts")
 
 ERROR_CODES = frozenset({

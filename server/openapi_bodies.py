@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vsteer.server.control_protocol import MODE_TABLES, ControlSpec
+from vsteer.server.control_protocol import ControlSpec
 
 
 class ChatMessage(BaseModel):
@@ -74,17 +74,15 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """`openapi_extra` for a route whose JSON body `model` describes; in `control` the
-    built-ins with modes are discriminated by mode (server/mode_schema.py), and the
-    installed controls' keys (plugins/api.py) are listed, each with its own schema."""
+    """`openapi_extra` for a route whose JSON body `model` describes; in `control` every
+    installed control's key (plugins/api.py) is listed with its own schema, those with
+    modes discriminated by mode (server/mode_schema.py)."""
     from vsteer.plugins.control_registry import installed_controls
 
     schema = _inline(model.model_json_schema())
     if "control" in schema.get("properties", {}):
         control = schema["properties"]["control"]["anyOf"][0]
-        for name, table in MODE_TABLES.items():
-            options = control["properties"][name]["anyOf"]  # [the object, null]
-            options[0] = table.json_schema(options[0])
+        control.setdefault("properties", {})
         for name, c in installed_controls().items():
             own = _inline(c.schema.model_json_schema())
             control["properties"][name] = own if c.modes is None else c.modes.json_schema(own)

@@ -33,7 +33,13 @@ from vsteer.server.rate_limit import RateLimit
 
 log = logging.getLogger("vsteer.policy")
 RELOAD_CHECK_S = 1.0
-LOCKABLE = ("steer", "refusal", "hallucination", "early_exit")
+
+
+def lockable() -> list[str]:
+    """Every control's key (plugins/api.py): a tenant's default of any may be locked."""
+    from vsteer.plugins.control_registry import installed_controls
+
+    return sorted(installed_controls())
 
 
 class TenantPolicy(BaseModel):
@@ -73,9 +79,9 @@ class Policy:
         raw = yaml.safe_load(text) or {}
         doc = PolicyDoc.model_validate(raw)
         for name, t in doc.tenants.items():
-            bad = [p for p in t.locked if p not in LOCKABLE]
+            bad = [p for p in t.locked if p not in lockable()]
             if bad:
-                raise ValueError(f"tenant {name!r}: cannot lock {bad}; lockable: {LOCKABLE}")
+                raise ValueError(f"tenant {name!r}: cannot lock {bad}; lockable: {lockable()}")
             missing = [p for p in t.locked if p not in t.default_control]
             if missing:
                 raise ValueError(f"tenant {name!r}: locked {missing} has no default_control")

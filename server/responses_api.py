@@ -10,40 +10,22 @@ from typing import Any
 
 from vsteer.server.control_report import ControlReporter
 from vsteer.server.control_resolver import ResolvedControl
-from vsteer.server.errors import APIError
 
 COMPLETED = "response.completed"
 INCOMPLETE = "response.incomplete"
-
-
-def check_responses_body(body: dict[str, Any], resolved: ResolvedControl) -> None:
-    """What a Responses stream cannot carry is a 400 before the engine."""
-    wp = resolved.wire.probe
-    if not body.get("stream") or wp is None:
-        return
-    if wp.per_token:
-        raise APIError(400, "control.hallucination.per_token scores need stream=false on "
-                       "/v1/responses (chat and completions stream them per chunk)",
-                       param="control.hallucination.per_token", code="unsupported_combination")
-    if wp.action == "abstain":
-        raise APIError(400, "control.hallucination.action 'abstain' needs stream=false on "
-                       "/v1/responses", param="control.hallucination.action",
-                       code="unsupported_combination")
 
 
 def output_tokens(data: dict[str, Any]) -> int:
     return int((data.get("usage") or {}).get("output_tokens") or 0)
 
 
-def abstain_response(data: dict[str, Any], text: str) -> None:
-    """An abstaining response: its message says so, and it is marked incomplete (the
-    Responses API's way of saying content was withheld)."""
+def replace_output_text(data: dict[str, Any], text: str) -> None:
+    """A Response whose text a control replaced (an abstaining probe's)."""
     for item in data.get("output") or []:
         if item.get("type") == "message":
             for part in item.get("content") or []:
                 if part.get("type") == "output_text":
                     part["text"] = text
-    mark_incomplete(data, "content_filter")
 
 
 def mark_incomplete(data: dict[str, Any], reason: str) -> None:

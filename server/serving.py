@@ -25,18 +25,13 @@ from vsteer.server.control_report import ControlReporter
 from vsteer.server.control_resolver import ControlResolver, ResolvedControl
 from vsteer.server.errors import APIError, error_response, pydantic_errors_to_api_error
 from vsteer.server.responses_api import (
-    abstain_response,
-    check_responses_body,
     mark_incomplete,
     output_tokens,
+    replace_output_text,
     responses_stream,
     responses_usage,
 )
 from vsteer.wire import EXTRA_ARGS_KEY
-
-ABSTAIN_TEXT = ("I am not sure I know the answer to this, so I would rather not guess. "
-                "(vsteer: a hallucination probe flagged this question.)")
-ABSTAIN_FINISH = "content_filter"
 
 
 class ControlledServing:
@@ -54,30 +49,30 @@ class ControlledServing:
 
     async def chat(self, raw: Request, who: Principal = OPERATOR) -> Response:
         return await self._serve(raw, self.chat_cls,
-                                 self.state.openai_serving_chat.create_chat_completion, who)
+                                 self.state.openai_serving_chat.create_chat_completion, who,
+                                 "chat")
 
     async def completion(self, raw: Request, who: Principal = OPERATOR) -> Response:
         return await self._serve(raw, self.completion_cls,
-                                 self.state.openai_serving_completion.create_completion, who)
+                                 self.state.openai_serving_completion.create_completion, who,
+                                 "completions")
 
     async def responses(self, raw: Request, who: Principal = OPERATOR) -> Response:
         return await self._serve(raw, self.responses_cls,
                                  self.state.openai_serving_responses.create_responses, who,
-                                 responses_api=True)
+                                 "responses")
 
     async def _serve(self, raw: Request, req_cls: type, handler: Callable[..., Any],
-                     who: Principal, responses_api: bool = False) -> Response:
+                     who: Principal, route: str) -> Response:
+        responses_api = route == "responses"
         try:
             body = await read_json_object(raw)
             resolved = self.resolver.resolve(
                 body.pop("control", None), who, _max_tokens(body), _n(body),
-                stops_at_eos=not body.get("ignore_eos") and not body.get("min_tokens"))
-            self._check_abstain(body, resolved)
-            if responses_api:
-                check_responses_body(body, resolved)
-                wants_usage = False
-            else:
-                wants_usage = self._force_stream_usage(body, self._per_token(resolved))
+                stops_at_eos=not body.get("ignore_eos") and not body.get("min_tokens"),
+                stream=bool(body.get("stream")), route=route)
+            wants_usage = not responses_api and self._force_stream_usage(
+                body, bool(resolved.streams))
             request = self._vllm_request(req_cls, body, resolved)
         except APIError as e:
             return e.response()
@@ -119,9 +114,6 @@ class ControlledServing:
         if not hasattr(result, "__aiter__"):
             release()
             data = result.model_dump()
-            if _abstained(await self.reporter.probe(resolved)):
-                for choice in data.get("choices") or []:
-                    _abstain_choice(choice)
             usage = data.get("usage") or {}
             data["control"] = await self.reporter.final(
                 resolved, usage.get("completion_tokens") or 0, resolved.wire.n)
@@ -136,13 +128,15 @@ class ControlledServing:
         if hasattr(result, "__aiter__"):
             return _event_stream(responses_stream(
                 result, resolved, self.reporter, release, self._count_usage,
-                lambda control: self._finish_reason(control, resolved)), result, release)
+                lambda control: (e[0] if (e := self._ended(control, resolved)) else None)),
+                result, release)
         release()
         data = result.model_dump(mode="json", by_alias=True)
-        if _abstained(await self.reporter.probe(resolved)):
-            abstain_response(data, ABSTAIN_TEXT)
         data["control"] = await self.reporter.final(resolved, output_tokens(data))
-        if reason := self._finish_reason(data["control"], resolved):
+        if ended := self._ended(data["control"], resolved):
+            reason, text = ended
+            if text is not None:
+                replace_output_text(data, text)
             mark_incomplete(data, reason)
         self._count_usage(responses_usage(data))
         return JSONResponse(data)
@@ -159,11 +153,6 @@ class ControlledServing:
         except self.client_error_cls as e:  # vLLM's own validators (e.g. empty prompt)
             raise _client_error(e) from None
         n = getattr(request, "n", None) or 1
-        if n > 1 and body.get("stream") and self._per_token(resolved):
-            raise APIError(400, "control.hallucination.per_token scores in a stream need "
-                           "n = 1 (without a stream they are reported per choice)",
-                           param="control.hallucination.per_token",
-                           code="unsupported_combination")
         resolved.wire = msgspec.structs.replace(resolved.wire, n=n)
         if resolved.active:
             request.vllm_xargs = {**(request.vllm_xargs or {}),
@@ -179,58 +168,44 @@ class ControlledServing:
         """Installed controls of this request that may set its finish_reason."""
         return [n for n in resolved.wire.plugins if self.resolver.controls[n].finishes]
 
-    def _finish_reason(self, control: dict[str, Any], resolved: ResolvedControl
-                       ) -> str | None:
-        """Why an installed control ended the reply `control` reports on, if one did."""
+    def _ended(self, control: dict[str, Any], resolved: ResolvedControl
+               ) -> tuple[str, str | None] | None:
+        """(finish_reason, the text shown instead or None) when a control ended the reply
+        `control` reports on (react's stop, an abstaining probe); None otherwise."""
         for name in self._finishing(resolved):
             rep = control.get(name)
-            if isinstance(rep, dict) and (reason := self.resolver.controls[name]
-                                          .finish_reason(rep)):
-                return reason
+            c = self.resolver.controls[name]
+            if isinstance(rep, dict) and (reason := c.finish_reason(rep)):
+                return reason, c.replacement(rep)
         return None
 
     def _set_finish_reasons(self, choices: list[dict[str, Any]], control: dict[str, Any],
                             resolved: ResolvedControl) -> None:
-        """A choice an installed control ended (e.g. react's stop) says so in its
-        finish_reason, as OpenAI does for withheld content."""
+        """A choice a control ended says so in its finish_reason, as OpenAI does for
+        withheld content, and shows the control's text instead where it gives one."""
         per = control.get("choices")
         for choice in choices:
             if not choice.get("finish_reason"):
                 continue
             i = choice.get("index", 0)
-            reason = self._finish_reason(per[i] if per and i < len(per) else control,
-                                         resolved)
-            if reason:
-                choice["finish_reason"] = reason
+            ended = self._ended(per[i] if per and i < len(per) else control, resolved)
+            if ended:
+                choice["finish_reason"] = ended[0]
+                if ended[1] is not None:
+                    _replace_text(choice, ended[1])
 
     @staticmethod
-    def _check_abstain(body: dict[str, Any], resolved: ResolvedControl) -> None:
-        """Abstaining means sampling the end token first; vLLM would not stop there."""
-        wp = resolved.wire.probe
-        if wp is None or wp.action != "abstain":
-            return
-        if body.get("ignore_eos") or (body.get("min_tokens") or 0) > 0:
-            raise APIError(400, "control.hallucination.action 'abstain' cannot be combined "
-                           "with ignore_eos or min_tokens > 0",
-                           param="control.hallucination.action",
-                           code="conflicting_fields")
-
-    @staticmethod
-    def _per_token(resolved: ResolvedControl) -> bool:
-        return resolved.wire.probe is not None and resolved.wire.probe.per_token
-
-    @staticmethod
-    def _force_stream_usage(body: dict[str, Any], per_token: bool = False) -> bool:
+    def _force_stream_usage(body: dict[str, Any], continuous: bool = False) -> bool:
         """Streams always ask vLLM for the usage chunk (tokens are counted from it); the
-        client only sees it if it asked. Per-token probe scores need the running token
-        count on every chunk (continuous usage), which is then stripped unless asked for.
-        Returns whether the client asked for usage."""
+        client only sees it if it asked. Per-chunk control parts (Control.stream_part)
+        need the running token count on every chunk (continuous usage), which is then
+        stripped unless asked for. Returns whether the client asked for usage."""
         opts = body.get("stream_options")
         if not body.get("stream") or not (opts is None or isinstance(opts, dict)):
             return False
         wants = bool((opts or {}).get("include_usage"))
         body["stream_options"] = {**(opts or {}), "include_usage": True}
-        if per_token:
+        if continuous:
             body["stream_options"]["continuous_usage_stats"] = True
         return wants
 
@@ -257,17 +232,13 @@ class ControlledServing:
         `choices` just before [DONE]. Nothing is held back, so no token is delayed."""
         last: dict[str, Any] | None = None
         usage_chunk: dict[str, Any] | None = None
-        wp = resolved.wire.probe
-        # Abstain: the probe's result exists before the first token is sampled; the
-        # first chunk with choices waits for it (no token is delayed by more than that).
-        abstain = wp is not None and wp.action == "abstain"
-        probe: dict[str, Any] | None = None
-        probe_fetched = False
-        per_token = self._per_token(resolved)
-        sent_scores = 0
+        # controls with per-chunk parts (hallucination's per-token scores): each chunk
+        # carries its tokens' parts, which need the running token count (usage)
+        streams = [(n, self.resolver.controls[n]) for n in resolved.streams]
+        sent = 0
         completion_tokens = 0
-        # an installed control may end the reply (react's stop): the chunks that carry a
-        # finish_reason wait for the report (they are the last ones with choices)
+        # a control may end the reply (react's stop, an abstaining probe): the chunks that
+        # carry a finish_reason wait for the report (they are the last ones with choices)
         finishing = bool(self._finishing(resolved))
         held: list[dict[str, Any]] = []
         try:
@@ -287,28 +258,22 @@ class ControlledServing:
                         usage_chunk = data  # sent last, with `control`
                     continue
                 hold = finishing and any(c.get("finish_reason") for c in data["choices"])
-                if not (abstain or per_token):
+                if not streams:
                     if hold:
                         held.append(data)
                     else:
                         yield line
                     continue
-                if abstain and not probe_fetched:
-                    probe, probe_fetched = await self.reporter.probe(resolved), True
-                if _abstained(probe):
-                    for choice in data["choices"]:
-                        if choice.get("finish_reason"):
-                            _abstain_choice(choice)
-                if per_token:
-                    usage = data.pop("usage", None) or {}
-                    if wants_usage and usage:
-                        data["usage"] = usage  # the client asked for usage stats
-                    n = usage.get("completion_tokens") or 0
-                    if n > sent_scores:
-                        scores = await self.reporter.token_scores(resolved, n)
-                        data["control"] = {"hallucination": {
-                            "token_scores": scores[sent_scores:n]}}
-                        sent_scores = n
+                usage = data.pop("usage", None) or {}
+                if wants_usage and usage:
+                    data["usage"] = usage  # the client asked for usage stats
+                n = usage.get("completion_tokens") or 0
+                if n > sent:
+                    parts = await self.reporter.token_parts(resolved, n)
+                    data["control"] = {name: c.stream_part(resolved.applied[name],
+                                                           parts[name][sent:n])
+                                       for name, c in streams}
+                    sent = n
                 if hold:
                     held.append(data)
                     continue
@@ -366,17 +331,11 @@ def _client_error(e: Exception) -> APIError:
                     param=getattr(e, "parameter", None), code="invalid_value")
 
 
-def _abstained(probe: dict[str, Any] | None) -> bool:
-    return probe is not None and probe["action"] == "abstain" and bool(probe["fired"])
-
-
-def _abstain_choice(choice: dict[str, Any]) -> None:
-    """An abstaining choice: the model generated nothing (its only token was its end);
-    say so in the text and mark it as filtered, as OpenAI does for withheld content."""
+def _replace_text(choice: dict[str, Any], text: str) -> None:
+    """A chat message, a stream delta or a completion's text shows `text` instead."""
     if isinstance(choice.get("message"), dict):
-        choice["message"]["content"] = ABSTAIN_TEXT
+        choice["message"]["content"] = text
     elif isinstance(choice.get("delta"), dict):
-        choice["delta"]["content"] = ABSTAIN_TEXT
+        choice["delta"]["content"] = text
     else:
-        choice["text"] = ABSTAIN_TEXT
-    choice["finish_reason"] = ABSTAIN_FINISH
+        choice["text"] = text

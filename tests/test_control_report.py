@@ -13,15 +13,16 @@ from vsteer.plugins.result_book import ResultBook
 from vsteer.server import control_report
 from vsteer.server.control_report import INCOMPLETE, ControlReporter
 from vsteer.server.control_resolver import ResolvedControl
-from vsteer.wire import WireProbe, WireSpec
+from vsteer.wire import WireSpec
 
 APPLIED = {"hallucination": {"probe": "p", "action": "annotate", "threshold": 0.5,
                              "per_token": True, "pooling": "last"}}
 
 
 def _resolved() -> ResolvedControl:
-    probe = WireProbe(path="", sha256="", action="annotate", threshold=0.5, per_token=True)
-    return ResolvedControl(WireSpec(rid="r", probe=probe), dict(APPLIED))
+    """A per-token hallucination probe (its step values: plugins/hallucination_worker)."""
+    return ResolvedControl(WireSpec(rid="r", plugins={"hallucination": "{}"}), dict(APPLIED),
+                           runs=["hallucination"], streams=["hallucination"])
 
 
 def _step(n: int, **entries) -> dict:
@@ -30,9 +31,9 @@ def _step(n: int, **entries) -> dict:
 
 def test_a_complete_report_has_every_token_and_no_error():
     book = ResultBook()
-    book.add_step(_step(1, **{"r:0": {"sampled": 1, "probe": {
-        "score": 0.7, "fired": True, "action": "annotate"}, "token_scores": [0.1]}}))
-    book.add_step(_step(2, **{"r:0": {"sampled": 1, "token_scores": [0.2]}}))
+    book.add_step(_step(1, **{"r:0": {"sampled": 1, "hallucination": {"probe": {
+        "score": 0.7, "fired": True, "action": "annotate"}, "token": 0.1}}}))
+    book.add_step(_step(2, **{"r:0": {"sampled": 1, "hallucination": {"token": 0.2}}}))
     rep = asyncio.run(ControlReporter(book).final(_resolved(), 2))
     assert rep["hallucination"]["score"] == 0.7 and rep["hallucination"]["triggered"]
     assert rep["hallucination"]["token_scores"] == [0.1, 0.2]
@@ -41,10 +42,10 @@ def test_a_complete_report_has_every_token_and_no_error():
 
 def test_n_choices_are_reported_apart():
     book = ResultBook()
-    book.add_step(_step(1, **{f"r:{c}": {"sampled": 1, "probe": {
-        "score": 0.2, "fired": False, "action": "annotate"}, "token_scores": [c / 10]}
+    book.add_step(_step(1, **{f"r:{c}": {"sampled": 1, "hallucination": {"probe": {
+        "score": 0.2, "fired": False, "action": "annotate"}, "token": c / 10}}
         for c in range(2)}))
-    book.add_step(_step(2, **{"r:1": {"sampled": 1, "token_scores": [0.5]}}))
+    book.add_step(_step(2, **{"r:1": {"sampled": 1, "hallucination": {"token": 0.5}}}))
     rep = asyncio.run(ControlReporter(book).final(_resolved(), 3, n=2))
     assert [c["hallucination"]["token_scores"] for c in rep["choices"]] == [[0.0],
                                                                              [0.1, 0.5]]
@@ -53,7 +54,7 @@ def test_n_choices_are_reported_apart():
 def test_a_silent_worker_gives_a_coded_error_not_a_silent_null(monkeypatch):
     monkeypatch.setattr(control_report, "REPORT_DEADLINE_S", 0.2)
     book = ResultBook()
-    book.add_step(_step(1, **{"r:0": {"sampled": 1, "token_scores": [0.3]}}))
+    book.add_step(_step(1, **{"r:0": {"sampled": 1, "hallucination": {"token": 0.3}}}))
     rep = asyncio.run(ControlReporter(book).final(_resolved(), 3))
     assert rep["hallucination"]["score"] is None
     (err,) = rep["errors"]

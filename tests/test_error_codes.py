@@ -11,7 +11,7 @@ from pathlib import Path
 from vsteer.server.error_codes import ARTIFACT_KINDS, ERROR_CODES
 
 ROOT = Path(__file__).resolve().parent.parent
-SCANNED = ("server", "vsteer")
+SCANNED = ("server", "vsteer", "plugins")  # plugins/: every control's resolve
 EXCLUDED: frozenset[str] = frozenset()  # none: every HTTP error names its code
 ERROR_CALLS = frozenset({"APIError", "error_response"})  # (status, message, param, code)
 SNAKE = re.compile(r"[a-z][a-z0-9_]*")
@@ -29,8 +29,14 @@ def _error_calls(tree: ast.AST) -> Iterator[ast.Call]:
         if isinstance(node, ast.Call):
             f = node.func
             name = f.id if isinstance(f, ast.Name) else getattr(f, "attr", None)
-            if name in ERROR_CALLS:
+            if name in ERROR_CALLS or _is_ctx_error(f):
                 yield node
+
+
+def _is_ctx_error(f: ast.expr) -> bool:
+    """A control's `ctx.error(message, field, code=...)` (ResolveContext.error)."""
+    return (isinstance(f, ast.Attribute) and f.attr == "error"
+            and isinstance(f.value, ast.Name) and f.value.id == "ctx")
 
 
 def _error_status(call: ast.Call) -> int | None:
@@ -105,7 +111,7 @@ def test_every_code_is_snake_case_and_in_the_vocabulary():
 
 
 def test_vocabulary_is_snake_case_and_covers_every_artifact_kind():
-    from vsteer.server.refusal_resolver import LABELS
+    from vsteer.server.artifact_access import LABELS
 
     assert all(SNAKE.fullmatch(c) for c in ERROR_CODES), sorted(ERROR_CODES)
     assert set(ARTIFACT_KINDS) == set(LABELS)  # load_artifact raises unknown_<kind>

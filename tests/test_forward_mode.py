@@ -68,12 +68,12 @@ def test_cpu_never_replays_graphs(graphs):
 def test_host_jobs_are_refused_exactly_when_graphs_replay(mode, graphs):
     """Controllers, MLP probes and early exit run host-side through the `decide` op:
     torch.compile alone still calls it every step, graph replay does not."""
-    from vsteer.artifacts import ArtifactError
-    from vsteer.plugins.request_setup import require_host_jobs
+    from vsteer.plugins.api import ControlSetupError
+    from vsteer.plugins.shared_tables import require_host_jobs
 
     fm = forward_mode(_config(mode, graphs), CUDA)
     if graphs == CUDAGraphMode.NONE:
-        require_host_jobs(fm, "early exit")
+        require_host_jobs(fm.graphs, "early exit")
     else:
-        with pytest.raises(ArtifactError, match="CUDA graphs"):
-            require_host_jobs(fm, "early exit")
+        with pytest.raises(ControlSetupError, match="CUDA graphs"):
+            require_host_jobs(fm.graphs, "early exit")

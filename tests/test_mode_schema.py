@@ -9,19 +9,12 @@ import jsonschema
 import pytest
 
 from vsteer.plugins.control_registry import installed_controls
-from vsteer.server.control_protocol import (
-    MODE_TABLES,
-    HallucinationControl,
-    RefusalControl,
-)
 from vsteer.server.errors import APIError
 from vsteer.server.openapi_bodies import ChatCompletionBody, json_body
 
-# every control with modes: the built-ins' tables and the installed controls' own
-TABLES = {**MODE_TABLES, **{n: c.modes for n, c in installed_controls().items()
-                            if c.modes is not None}}
-MODELS = {"refusal": RefusalControl, "hallucination": HallucinationControl,
-          **{n: c.schema for n, c in installed_controls().items() if c.modes is not None}}
+# every control with modes brings its own table (Control.modes)
+TABLES = {n: c.modes for n, c in installed_controls().items() if c.modes is not None}
+MODELS = {n: c.schema for n, c in installed_controls().items() if c.modes is not None}
 # a value each field accepts (the schema's own constraints hold for it)
 SAMPLE = {"direction": "d", "controller": "c", "scale": 0.5, "threshold": 0.5,
           "layers": [1], "probe": "p", "max_error": 0.2, "per_token": True,
@@ -39,8 +32,8 @@ def _required(name: str) -> dict:
     return {"probe": "p"} if name == "hallucination" else {}
 
 
-def test_early_exit_brings_its_own_table():
-    assert "early_exit" in TABLES and "early_exit" not in MODE_TABLES
+def test_every_control_with_modes_brings_its_own_table():
+    assert {"refusal", "hallucination", "early_exit"} <= set(TABLES)
 
 
 @pytest.mark.parametrize("name", sorted(TABLES))

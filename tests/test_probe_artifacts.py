@@ -99,7 +99,7 @@ def test_prefill_score_is_the_same_whole_or_chunked(kind, pooling):
     prompt seen in one step or split over three: linear probes through the job table
     and `score_jobs` (one step per chunk), MLP probes on the host."""
     from vsteer.plugins.job_table import JobTable
-    from vsteer.plugins.probe_control import ProbeRun, mlp_prefill, table_job
+    from vsteer.plugins.probe_run import ProbeRun, mlp_prefill, table_job
 
     p = _probe(kind, pooling, seed=3)
     weight = {k: torch.from_numpy(v) for k, v in p.tensors.items()}
@@ -153,10 +153,33 @@ def test_prefill_score_is_the_same_whole_or_chunked(kind, pooling):
 def _params(action: str | None, rid: str, eos: int = 7):
     extra = None
     if action is not None:
-        spec = WireSpec(rid=rid, probe=WireProbe(path="p", sha256="s", action=action,
-                                                 threshold=0.5))
+        spec = WireSpec(rid=rid, plugins={"hallucination": encode(WireProbe(
+            path="p", sha256="s", action=action, threshold=0.5))})
         extra = {"vsteer": encode(spec)}
     return SimpleNamespace(extra_args=extra, eos_token_id=eos, all_stop_token_ids={eos})
+
+
+def _installed(enders: dict):
+    """The runtime's InstalledControls as the sampler reads it: its `ending`, over
+    these (worker, state) pairs per rid."""
+    from vsteer.plugins.installed_controls import InstalledControls
+
+    fake = SimpleNamespace(enders=enders)
+    return SimpleNamespace(enders=enders, ending=lambda rid: InstalledControls.ending(fake,
+                                                                                      rid))
+
+
+def _probe_worker(out: torch.Tensor):
+    """A hallucination worker over a job table whose results are `out` [J, 2]."""
+    from vsteer.plugins.hallucination_worker import HallucinationWorker
+    from vsteer.plugins.shared_tables import SharedTables
+
+    shared = SharedTables(None, SimpleNamespace(out=out), False, torch.device("cpu"))
+    return HallucinationWorker(SimpleNamespace(tables=shared.view("hallucination")))
+
+
+def _run(action: str, fired: bool = False, job: int = -1):
+    return SimpleNamespace(wire=SimpleNamespace(action=action), fired=fired, job=job)
 
 
 def test_abstain_processor_masks_only_abstained_rows(monkeypatch):
@@ -169,23 +192,27 @@ def test_abstain_processor_masks_only_abstained_rows(monkeypatch):
         (0, _params("abstain", "r0"), None, []), (1, _params(None, "plain"), None, []),
         (2, _params("annotate", "r2"), None, []), (3, _params("abstain", "r3", eos=5), None, [])])
     proc.update_state(batch)
-    assert proc.rows == {0: ("r0", 7), 3: ("r3", 5)}
-    proc.update_state(SimpleNamespace(removed=[1], added=[], moved=[(3, 1, Move.UNIDIRECTIONAL),
-                                                                    (0, 2, Move.SWAP)]))
+    # every request with a control is tracked; only flags decide what ends
+    assert proc.rows == {0: ("r0", 7), 2: ("r2", 7), 3: ("r3", 5)}
+    proc.update_state(SimpleNamespace(removed=[1, 2], added=[], moved=[
+        (3, 1, Move.UNIDIRECTIONAL), (0, 2, Move.SWAP)]))
     assert proc.rows == {1: ("r3", 5), 2: ("r0", 7)}
     logits = torch.randn(4, 10)
     before = logits.clone()
-    none = SimpleNamespace(enders={})  # no installed control ends a request here
-    monkeypatch.setattr(entry, "_RUNTIME", SimpleNamespace(abstained={"r3"}, abstain_jobs={},
-                                                           installed=none))
+    table = torch.zeros(2, 2)  # this step's job results (score, fired)
+    w = _probe_worker(table)
+    # r3's probe fired on the host (an MLP probe); r0 has no final job this step
+    monkeypatch.setattr(entry, "_RUNTIME", SimpleNamespace(installed=_installed(
+        {"r3": [(w, _run("abstain", fired=True))], "r0": [(w, _run("abstain"))]})))
     out = proc.apply(logits)
     assert int(out[1].argmax()) == 5 and torch.isinf(out[1]).sum() == 9  # only eos left
     torch.testing.assert_close(out[[0, 2, 3]], before[[0, 2, 3]])  # r0 did not fire
     # this step's table job decides on the device: r0's job (row 1) fired, then did not
     for fired in (1.0, 0.0):
-        table = SimpleNamespace(out=torch.tensor([[0.1, 0.0], [0.9, fired]]))
-        monkeypatch.setattr(entry, "_RUNTIME", SimpleNamespace(
-            abstained=set(), abstain_jobs={"r0": 1}, jobs=table, installed=none))
+        table[1] = torch.tensor([0.9, fired])
+        monkeypatch.setattr(entry, "_RUNTIME", SimpleNamespace(installed=_installed(
+            {"r0": [(w, _run("abstain", job=1))],
+             "r3": [(w, _run("annotate", fired=True, job=0))]})))  # annotate never ends
         out = proc.apply(before.clone())
         if fired:
             assert int(out[2].argmax()) == 7 and torch.isinf(out[2]).sum() == 9
@@ -194,6 +221,26 @@ def test_abstain_processor_masks_only_abstained_rows(monkeypatch):
         torch.testing.assert_close(out[[0, 1, 3]], before[[0, 1, 3]])
     monkeypatch.setattr(entry, "_RUNTIME", None)
     torch.testing.assert_close(proc.apply(before.clone()), before)
+
+
+def test_a_row_reading_several_flags_ends_if_any_is_set(monkeypatch):
+    """n > 1: the choices of a reply share its rid, so a row reads every choice's flag
+    (and a request may carry two controls that end it). One set flag ends the row,
+    whichever order the flags come in (no racing writes to the row)."""
+    from vsteer.plugins import abstain, entry
+
+    proc = abstain.AbstainLogitsProcessor(None, torch.device("cpu"), False)
+    proc.update_state(SimpleNamespace(removed=[], moved=[], added=[
+        (0, _params("abstain", "r"), None, []), (1, _params("abstain", "r"), None, [])]))
+    table = torch.tensor([[0.9, 1.0], [0.2, 0.0]])
+    w = _probe_worker(table)
+    for order in ([0, 1], [1, 0]):
+        runs = [(w, _run("abstain", job=j)) for j in order]
+        monkeypatch.setattr(entry, "_RUNTIME", SimpleNamespace(installed=_installed(
+            {"r": runs})))
+        out = proc.apply(torch.randn(2, 10))
+        assert [int(out[i].argmax()) for i in (0, 1)] == [7, 7]
+        assert all(torch.isinf(out[i]).sum() == 9 for i in (0, 1))
 
 
 def test_an_installed_control_ends_its_request_through_a_device_flag(monkeypatch):
@@ -213,9 +260,9 @@ def test_an_installed_control_ends_its_request_through_a_device_flag(monkeypatch
         (2, _params(None, "plain"), None, [])]))
     assert proc.rows == {0: ("a", 3), 1: ("b", 4)}
     fired = torch.tensor([0, 1, 0], dtype=torch.int32)  # a react worker's latch per slot
-    installed = SimpleNamespace(enders={"a": (fired, 0), "b": (fired, 1)})
-    monkeypatch.setattr(entry, "_RUNTIME", SimpleNamespace(abstained=set(), abstain_jobs={},
-                                                           installed=installed))
+    react = SimpleNamespace(ends_request=lambda slot: (fired, slot))
+    monkeypatch.setattr(entry, "_RUNTIME", SimpleNamespace(installed=_installed(
+        {"a": [(react, 0)], "b": [(react, 1)]})))
     logits = torch.randn(3, 8)
     out = proc.apply(logits.clone())
     assert int(out[1].argmax()) == 4 and torch.isinf(out[1]).sum() == 7  # b: only its end

@@ -15,7 +15,8 @@ from vsteer.artifacts import (
     RefusalController,
     RefusalDirection,
 )
-from vsteer.plugins.decision import Decision, decide, write_force
+from vsteer.plugins.decision import Decision, decide
+from vsteer.plugins.shared_tables import write_force
 from vsteer.refusal.judge import is_refusal
 from vsteer.server.policy import Policy, PolicyFile
 from vsteer.wire import WireDecide
@@ -68,7 +69,7 @@ def test_controller_round_trips_and_runtime_math_matches_the_numpy_twin(tmp_path
     x = np.random.default_rng(2).normal(size=8).astype(np.float32)
     p, w = c2.evaluate(x)
     wire = WireDecide(kind="controller", layer=1, direction_path="", direction_sha256="",
-                      force_layers=[2, 3], source_key="s", target_key="t", threshold=-1.0)
+                      force_layers=[2, 3], source_key="s", threshold=-1.0)
     d = Decision(wire, 1, 2, controller={k: torch.from_numpy(getattr(c2, k)) for k in
                                          ("w1", "b1", "w2", "b2", "mu", "sigma")}, w_max=1.5)
     coeff = decide(d, torch.from_numpy(x))

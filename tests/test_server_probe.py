@@ -69,7 +69,7 @@ def test_annotate_never_changes_tokens(server):
 
 
 def test_abstain_generates_nothing_past_the_probe(server):
-    from vsteer.server.serving import ABSTAIN_TEXT
+    from vsteer.plugins.hallucination_control import ABSTAIN_TEXT
 
     p = PROMPTS[0]
     r = ask(server, p, hallu(action="abstain", threshold=0.0))
@@ -87,8 +87,8 @@ def test_abstain_generates_nothing_past_the_probe(server):
 def test_max_error_abstains_at_the_probes_risk_threshold(server, probe):
     """The server's threshold for max_error is the conformal rule's on the artifact's
     calibration set, and it abstains exactly when the score reaches it."""
+    from vsteer.plugins.hallucination_control import NEVER
     from vsteer.probe.conformal import UnattainableRisk, risk_threshold
-    from vsteer.server.hallucination_resolver import NEVER
 
     def rule(a):
         try:
@@ -123,7 +123,7 @@ def _stream(server, body: dict) -> list[dict]:
 
 
 def test_streaming_abstain_and_per_token_scores(server):
-    from vsteer.server.serving import ABSTAIN_TEXT
+    from vsteer.plugins.hallucination_control import ABSTAIN_TEXT
 
     p = PROMPTS[1]
     chunks = _stream(server, body_for(p, hallu(action="abstain", threshold=0.0), stream=True))

@@ -24,6 +24,9 @@ class Answer:
     rid: str  # the control's correlation id (results arrive on the listener under it)
     finish_reason: str | None
     errors: list[str] = field(default_factory=list)  # only with answer(..., errors="keep")
+    # answer(..., reports=True): the response's `control` object, built as the server
+    # builds it (server/control_report.py), e.g. control["refusal"]["triggered"]
+    control: dict[str, Any] = field(default_factory=dict)
 
 
 class EvalEngine(OfflineEngine):
@@ -42,12 +45,20 @@ class EvalEngine(OfflineEngine):
         self.tok = self.llm.get_tokenizer()
 
     def answer(self, prompts: list[str], control: dict[str, Any] | None, max_tokens: int,
-               desc: str, batch: int = BATCH, errors: str = "raise") -> list[Answer]:
+               desc: str, batch: int = BATCH, errors: str = "raise", reports: bool = False
+               ) -> list[Answer]:
         """Greedy chat answers, `batch` prompts per engine call; raises if the worker
-        reports a control it could not apply (errors="keep": returns them instead)."""
+        reports a control it could not apply (errors="keep": returns them instead).
+        `reports`: each answer carries its `control` report (then its results have left
+        the listener's book)."""
+        import asyncio
+
         from vllm import SamplingParams
 
+        from vsteer.server.control_report import ControlReporter
         from vsteer.wire import EXTRA_ARGS_KEY
+
+        reporter = ControlReporter(self.listener.book, self.resolver.controls)
 
         out: list[Answer] = []
         for start in tqdm(range(0, len(prompts), batch), desc=desc, unit="batch"):
@@ -59,10 +70,15 @@ class EvalEngine(OfflineEngine):
             texts = [chat_text(self.tok, p) for p in chunk]
             outs = self.llm.generate(texts, params, use_tqdm=False)
             for p, r, o in zip(chunk, resolved, outs, strict=True):
-                failed = self.listener.pop_errors(r.wire.rid)
+                c = o.outputs[0]
+                report: dict[str, Any] = {}
+                if reports:
+                    report = asyncio.run(reporter.final(r, len(c.token_ids)))
+                    failed = [e["message"] for e in report.get("errors", [])]
+                else:
+                    failed = self.listener.pop_errors(r.wire.rid)
                 if failed and errors == "raise":
                     raise RuntimeError(f"control not applied: {failed}")
-                c = o.outputs[0]
                 out.append(Answer(p, c.text, list(c.token_ids), r.wire.rid, c.finish_reason,
-                                  failed))
+                                  failed, report))
         return out

@@ -29,7 +29,8 @@ class WireSteer(msgspec.Struct, frozen=True):
 
 
 class WireDecide(msgspec.Struct, frozen=True):
-    """A decision made inside prefill (guard or controller), at the last prompt token."""
+    """A decision made inside prefill (guard or controller), at the last prompt token:
+    the `refusal` control's wire in guard and controller modes."""
 
     kind: str  # guard | controller
     layer: int  # decide on the stream after this layer
@@ -37,7 +38,6 @@ class WireDecide(msgspec.Struct, frozen=True):
     direction_sha256: str
     force_layers: list[int]  # layers the decision may steer (all after `layer`)
     source_key: str  # shared slot: the direction's refusal tensors at force_layers
-    target_key: str  # this request's private slot, written by the decision
     threshold: float
     scale: float = 1.0  # guard: coefficient of the force when it fires
     controller_path: str = ""
@@ -45,7 +45,8 @@ class WireDecide(msgspec.Struct, frozen=True):
 
 
 class WireProbe(msgspec.Struct, frozen=True):
-    """A hallucination probe run inside prefill (and per generated token)."""
+    """A hallucination probe run inside prefill (and per generated token): the
+    `hallucination` control's wire."""
 
     path: str
     sha256: str
@@ -55,7 +56,6 @@ class WireProbe(msgspec.Struct, frozen=True):
     # mitigate: the probe's truth tensors (shared slot) copied, times `scale`, into this
     # request's private slot when the probe fires
     source_key: str = ""
-    target_key: str = ""
     mitigate_layers: list[int] = []
     scale: float = 1.0
 
@@ -78,9 +78,7 @@ class WireSpec(msgspec.Struct, frozen=True):
     rid: str  # correlation id for results sent back to the server
     n: int = 1  # choices in the reply: engine requests sharing this rid
     steer: list[WireSteer] = []
-    capture: WireCapture | None = None
-    decide: WireDecide | None = None
-    probe: WireProbe | None = None
+    capture: WireCapture | None = None  # offline tools' capture (plugins/capture.py)
     plugins: dict[str, str] = {}  # installed controls: name -> their wire (JSON text)
 
 

@@ -22,9 +22,8 @@ if __name__ == "__main__":
         results = []
         for control in args["controls"]:
             (ans,) = eng.answer([args["prompt"]], control, args["max_tokens"], "tp",
-                                errors="keep")
-            probe = eng.listener.wait_probe(ans.rid, 2.0) if "hallucination" in control \
-                else None
+                                errors="keep", reports=True)
+            probe = ans.control.get("hallucination")
             time.sleep(0.5)  # a duplicate error from another rank would have arrived
             late = eng.listener.pop_errors(ans.rid)
             results.append({"text": ans.completion, "errors": ans.errors + late,

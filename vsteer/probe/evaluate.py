@@ -25,25 +25,23 @@ from vsteer.probe.match import is_correct
 from vsteer.probe.metrics import auroc, roc_points
 from vsteer.probe.train import plot_roc
 
-RESULT_WAIT_S = 10.0
-
 
 def _pass(ev: EvalEngine, qs: list[dict[str, Any]], control: dict[str, Any], desc: str
           ) -> list[dict[str, Any]]:
     rows = []
     answers = ev.answer([prompt_for(q["question"]) for q in qs],
-                        {"hallucination": control}, MAX_TOKENS, desc)
+                        {"hallucination": control}, MAX_TOKENS, desc, reports=True)
     for q, a in zip(qs, answers, strict=True):
-        msg = ev.listener.wait_probe(a.rid, RESULT_WAIT_S)
-        if msg is None:
+        msg = a.control["hallucination"]  # as the server reports it
+        if msg["score"] is None:
             raise RuntimeError(f"no probe result for {q['question']!r}")
-        tokens = ev.listener.pop_token_scores(a.rid)
+        tokens = msg.get("token_scores", [])
         rows.append({"question": q["question"], "family": q.get("family"),
                      "source": q.get("source", q.get("family")),
                      "completion": a.completion, "finish_reason": a.finish_reason,
                      "generated_tokens": len(a.token_ids),
                      "correct": is_correct(a.completion, q["answers"]),
-                     "score": float(msg["score"]), "fired": bool(msg["fired"]),
+                     "score": float(msg["score"]), "fired": bool(msg["triggered"]),
                      "token_scores": tokens})
     return rows
 

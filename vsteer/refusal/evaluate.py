@@ -24,12 +24,11 @@ class RefusalEval(EvalEngine):
         rows: list[dict[str, Any]] = []
         decides = refusal is not None and refusal.get("mode") in ("guard", "controller")
         for a in self.answer(prompts, {"refusal": refusal} if refusal else None, MAX_TOKENS,
-                             desc):
+                             desc, reports=decides):
             row = {"prompt": a.prompt, "completion": a.completion}
-            if decides:
-                msg = self.listener.wait_decision(a.rid, 10.0)
-                row["triggered"] = bool(msg["fired"]) if msg else None
-                row["score"] = float(msg["score"]) if msg else None
+            if decides:  # the decision as the server reports it
+                rep = a.control["refusal"]
+                row["triggered"], row["score"] = rep["triggered"], rep["score"]
             row["refused"] = is_refusal(a.completion)
             rows.append(row)
         return rows

@@ -1,12 +1,13 @@
-"""Hallucination probes inside the forward pass (control.hallucination).
+"""Hallucination probes inside the forward pass (control.hallucination; the control is
+plugins/hallucination_control.py, its worker plugins/hallucination_worker.py).
 
 Prefill, at the probe's layer, over the request's prompt tokens (x = hidden + residual):
     the pooled vector is the mean over the prompt (accumulated chunk by chunk when the
     scheduler splits it) or x at the last prompt token; it is scored once the prompt
     is complete (vsteer/artifacts/probe.py)
     fire = score >= threshold:
-        abstain:  the request's id joins `abstained`; the sampler then allows only its
-                  end-of-sequence token (plugins/abstain.py), so nothing is generated
+        abstain:  the sampler allows the request only its end-of-sequence token
+                  (plugins/abstain.py), so nothing is generated
         mitigate: truth[l] * scale is written into the request's private slot at its
                   mitigate layers (all after the probe layer): it acts later in this
                   very forward pass and on every later token
@@ -40,6 +41,9 @@ class ProbeRun:
     acc_row: int = -1  # linear, mean pooling: its accumulator row in the job table
     source_slot: int = -1  # mitigate: truth tensors
     target_slot: int = -1  # mitigate: this request's private slot
+    prompt_tokens: int = 0
+    told_unscored: bool = False  # its report says some token scores are missing
+    job: int = -1  # this step's final prefill job row (abstain reads its fired flag)
     acc: torch.Tensor | None = None  # [H] fp32, MLP: running sum (mean) over earlier chunks
     acc_n: int = 0  # prompt tokens pooled so far (mean)
     done: bool = False
