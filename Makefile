@@ -21,7 +21,7 @@ serve: model
 test: model
 	$(VENV)/bin/ruff check .
 	TRITON_INTERPRET=1 $(PY) -m pytest tests/triton_interp -q $(PYTEST_ARGS)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
 
 bench: model
 	$(PY) bench/steer_overhead.py $(ARGS)

@@ -71,8 +71,10 @@ class Resolution:
     # the request's tokens in its positions, after the entries of controls named before
     # it in the request. A control needs no worker half to steer (plugins/steer_control).
     steer: list[Any] = field(default_factory=list)
-    # Private steering slots the worker half takes per engine request (with n choices,
-    # n times this): `WorkerContext.tables.private_slot`. Admission counts them.
+    # Steering slots the worker half takes through `WorkerContext.tables`: shared ones by
+    # key (`slot(key, ...)`), and private ones per engine request (`private_slot()`; with
+    # n choices, n times this). The server's admission counts them with the entries'.
+    shared_slots: list[str] = field(default_factory=list)
     private_slots: int = 0
     # Streams carry `Control.stream_part` on every chunk (the server asks vLLM for the
     # running token count, and waits for each chunk's tokens' steps).

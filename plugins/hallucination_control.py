@@ -98,6 +98,7 @@ class Hallucination(Control):
         # steers the prompt's later layers from inside the prefill: neither shares KV
         private = p.pooling == "mean" or h.action == "mitigate"
         return Resolution(msgspec.to_builtins(wire), applied, private_prefill=private,
+                          shared_slots=[source] if source else [],
                           private_slots=int(h.action == "mitigate"), streams=h.per_token)
 
     def worker(self, ctx: WorkerContext):

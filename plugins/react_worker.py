@@ -54,6 +54,8 @@ class ReactState:
 
 
 class ReactWorker(WorkerControl):
+    ends = True  # stop
+
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         dev, H, L, R, T = (ctx.device, ctx.hidden_size, ctx.num_layers, ctx.max_num_reqs,

@@ -130,7 +130,7 @@ class Refusal(Control):
         # the decision steers every token of the request at layers after it, from inside
         # the prefill: its KV blocks are never shared
         return Resolution(msgspec.to_builtins(wire), applied, private_prefill=True,
-                          private_slots=1)
+                          shared_slots=[wire.source_key], private_slots=1)
 
     def worker(self, ctx: WorkerContext):
         from vsteer.plugins.refusal_worker import RefusalWorker

@@ -32,6 +32,7 @@ class ResolvedControl:
     runs: list[str] = field(default_factory=list)
     # per control: private steering slots each engine request of it takes (Resolution)
     private_slots: dict[str, int] = field(default_factory=dict)
+    shared_slots: set[str] = field(default_factory=set)  # shared slots controls load
     streams: list[str] = field(default_factory=list)  # controls with per-chunk parts
 
     @property
@@ -50,7 +51,7 @@ class ResolvedControl:
     def slot_keys(self) -> set[str]:
         """Steering slots this request holds while it runs (admission counts them): the
         shared plan's, and each control's private ones, per choice."""
-        keys = {e.key for e in self.wire.steer}
+        keys = {e.key for e in self.wire.steer} | self.shared_slots
         for name, k in self.private_slots.items():
             keys |= {f"private:{self.wire.rid}:{name}:{i}" for i in range(k * self.wire.n)}
         return keys
@@ -93,6 +94,7 @@ class _Installed:
     runs: list[str] = field(default_factory=list)
     private: bool = False
     private_slots: dict[str, int] = field(default_factory=dict)
+    shared_slots: set[str] = field(default_factory=set)
     streams: list[str] = field(default_factory=list)
 
 
@@ -134,8 +136,10 @@ class ControlResolver:
                            "that steers: a refusal guard or controller, a mitigating probe)",
                            param="control", code="too_many_slots")
         return ResolvedControl(WireSpec(rid=uuid.uuid4().hex, n=n, steer=out.steer,
-                                        plugins=out.wires), out.applied, out.private,
-                               out.runs, out.private_slots, out.streams)
+                                        plugins=out.wires), out.applied,
+                               private_prefill=out.private, runs=out.runs,
+                               private_slots=out.private_slots,
+                               shared_slots=out.shared_slots, streams=out.streams)
 
     def _resolve_controls(self, raw: dict[str, Any], ask: _Ask) -> _Installed:
         """The controls (plugins/api.py) the request names, in its order: their wire (JSON
@@ -162,6 +166,7 @@ class ControlResolver:
                 out.wires[name] = json.dumps(res.wire)
                 if res.private_slots:
                     out.private_slots[name] = res.private_slots
+                out.shared_slots.update(res.shared_slots)
                 if res.streams:
                     out.streams.append(name)
             if res.wire is not None or res.steer:
