@@ -123,38 +123,34 @@ class ControlTables:
     # -- in setup(): what the request holds until it finishes ----------------------------
     def slot(self, key: str, load: Callable[[], dict[int, np.ndarray]]) -> int:
         """A shared slot holding `key`'s vectors (layer -> [H]), loaded on first use."""
-        req = self._t.request()
-        try:
-            slot = self._t.slots.acquire(key, load, req.pinned)
-        except TableFull as e:
-            raise ControlSetupError(str(e)) from e
-        req.pinned.add(key)
-        req.rc.keys.append(key)
-        return slot
+        return self._hold(key, lambda pinned: self._t.slots.acquire(key, load, pinned))
 
     def private_slot(self) -> int:
         """A zeroed slot only this engine request steers with, at every position of it,
         after the entries set up before it."""
-        req = self._t.request()
-        rc = req.rc
+        rc = self._t.request().rc
         key = f"private:{rc.spec.rid}:{rc.choice}:{self.name}"
-        try:
-            slot = self._t.slots.acquire(key, dict, req.pinned)  # zeroed: no vectors
-        except TableFull as e:
-            raise ControlSetupError(str(e)) from e
-        req.pinned.add(key)
+        # no vectors: zero at every layer; an entry (not rc.keys) pins it to the request
+        slot = self._hold(key, lambda pinned: self._t.slots.acquire(key, dict, pinned),
+                          keep=False)
         rc.add_entry(key, slot, 1.0, "add", "all")
         return slot
 
     def weight_row(self, key: str, load: Callable[[], np.ndarray]) -> int:
         """The job table's fp32 weight row holding `key`'s [H] vector."""
+        return self._hold(key, lambda pinned: self._t.jobs.weight_row(key, load, pinned))
+
+    def _hold(self, key: str, take: Callable[[set[str]], int], keep: bool = True) -> int:
+        """take(pinned) a table row for `key`, then pin it for the request being set up
+        (`keep`: among its keys; a steering entry adds its own)."""
         req = self._t.request()
         try:
-            row = self._t.jobs.weight_row(key, load, req.pinned)
+            row = take(req.pinned)
         except TableFull as e:
             raise ControlSetupError(str(e)) from e
         req.pinned.add(key)
-        req.rc.keys.append(key)
+        if keep:
+            req.rc.keys.append(key)
         return row
 
     def alloc_acc(self) -> int:
