@@ -65,7 +65,13 @@ from vs_plain.client import (  # noqa: E402
     run_client,
 )
 from vs_plain.common import BenchError, log  # noqa: E402
-from vs_plain.configs import Config, Shape, configurations, make_artifacts  # noqa: E402
+from vs_plain.configs import (  # noqa: E402
+    NEEDS_GUARD_ARTIFACTS,
+    Config,
+    Shape,
+    configurations,
+    make_artifacts,
+)
 from vs_plain.servers import Server, raise_on_sigterm, running_servers  # noqa: E402
 from vs_plain.summary import markdown_table, summarize, write_json  # noqa: E402
 
@@ -137,7 +143,7 @@ def bench(args: argparse.Namespace, work: Path) -> None:
     art_root.mkdir(parents=True, exist_ok=True)
     only = None if args.only is None else {"plain", *args.only.split(",")}
     art = make_artifacts(model_dir, art_root, shape.num_prompts,
-                         guard=only is None or "guarded" in only)
+                         guard=only is None or bool(NEEDS_GUARD_ARTIFACTS & only))
     configs = [c for c in configurations(art, shape.scale) if only is None or c.key in only]
     t0 = time.monotonic()
     with running_servers(model_dir, shape, art, args.logs or work) as servers:

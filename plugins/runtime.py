@@ -55,8 +55,13 @@ class ControlRuntime:
         self.eager = shape.eager
         self.fingerprint = ModelFingerprint(shape.architecture, shape.hidden_size,
                                             shape.num_layers)
+        # private slots: by default one per sequence the engine runs, so a decision on
+        # every request (a refusal guard by policy) never waits for a slot
+        private = cfg.get("max_private_slots")
         self.slots = SlotTable(int(cfg.get("max_steer_slots", 32)), shape.num_layers,
-                               shape.hidden_size, shape.dtype, shape.device)
+                               shape.hidden_size, shape.dtype, shape.device,
+                               num_private=int(shape.max_num_reqs if private is None
+                                               else private))
         # rows: one per steering segment (plugins/position_window.py) a request is
         # in; most hold one, windows add a few, and rows behind a request are freed
         self.plan = TokenPlan(shape.max_num_tokens, 4 * shape.max_num_reqs,
@@ -113,6 +118,7 @@ class ControlRuntime:
         self.channel.send({"type": "hello", "pid": os.getpid(), "rank": self.shape.tp_rank,
                            "fingerprint": self.fingerprint.to_dict(), "backend": self.backend,
                            "backends": self.backends, "slots": self.slots.num_slots,
+                           "private_slots": self.slots.num_private,
                            "eager": self.eager,
                            "controls": self.installed.describe()})
 
@@ -237,6 +243,8 @@ class ControlRuntime:
             # host time: step planning + the CPU kernel (GPU kernels run asynchronously)
             "control_seconds": self.control_seconds + kernel_seconds(),
             "slots_in_use": self.slots.in_use(pinned), "slots_total": self.slots.num_slots,
+            "private_slots_in_use": self.slots.private_in_use(pinned),
+            "private_slots_total": self.slots.num_private,
             "backend": self.backend, "backends": self.backends,
             "dropped": self.channel.dropped,
         })

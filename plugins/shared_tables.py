@@ -35,7 +35,7 @@ import torch
 from vsteer.plugins.api import ControlSetupError, RequestRows
 from vsteer.plugins.job_table import JobTable
 from vsteer.plugins.lru_index import TableFull
-from vsteer.plugins.slot_table import SlotTable
+from vsteer.plugins.slot_table import PRIVATE_KEY_PREFIX, SlotTable
 from vsteer.plugins.step_report import StepReport
 
 
@@ -129,7 +129,7 @@ class ControlTables:
         """A zeroed slot only this engine request steers with, at every position of it,
         after the entries set up before it."""
         rc = self._t.request().rc
-        key = f"private:{rc.spec.rid}:{rc.choice}:{self.name}"
+        key = f"{PRIVATE_KEY_PREFIX}{rc.spec.rid}:{rc.choice}:{self.name}"
         # no vectors: zero at every layer; an entry (not rc.keys) pins it to the request
         slot = self._hold(key, lambda pinned: self._t.slots.acquire(key, dict, pinned),
                           keep=False)

@@ -1,8 +1,10 @@
 """Slot admission: a request starts only when its steering slots fit.
 
-The worker has `capacity` device slots. Requests in flight may together use at most
-that many distinct slot keys; a request that would exceed it waits (FIFO) until
-others finish. It never gets someone else's vector, and the worker never runs out.
+The worker has `capacity` shared device slots and `private_capacity` private ones
+(plugins/slot_table.py). Requests in flight may together use at most that many
+distinct shared keys and private keys (`is_private`); a request that would exceed
+either waits (FIFO) until others finish. It never gets someone else's vector, and the
+worker never runs out.
 """
 
 from __future__ import annotations
@@ -10,35 +12,57 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, deque
 
+from vsteer.plugins.slot_table import is_private
 from vsteer.server.errors import APIError
 
 
 class SlotAdmission:
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, private_capacity: int = 0) -> None:
         self.capacity = capacity
+        self.private_capacity = private_capacity
         self._refs: Counter[str] = Counter()
+        self._private = 0  # private keys among _refs
         self._waiters: deque[tuple[frozenset[str], asyncio.Future[None]]] = deque()
 
     @property
     def in_use(self) -> int:
-        return len(self._refs)
+        """Shared slot keys held by requests in flight."""
+        return len(self._refs) - self._private
+
+    @property
+    def private_in_use(self) -> int:
+        return self._private
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
     def _fits(self, keys: frozenset[str]) -> bool:
-        return len(self._refs.keys() | keys) <= self.capacity
+        new = keys - self._refs.keys()
+        private = sum(map(is_private, new))
+        return (self.in_use + len(new) - private <= self.capacity
+                and self._private + private <= self.private_capacity)
+
+    def _take(self, keys: frozenset[str]) -> None:
+        self._private += sum(map(is_private, keys - self._refs.keys()))
+        self._refs.update(keys)
 
     async def acquire(self, keys: set[str]) -> None:
         fk = frozenset(keys)
         if not fk:
             return
-        if len(fk) > self.capacity:
-            raise APIError(400, f"request needs {len(fk)} steering slots; the server has "
-                           f"{self.capacity}", param="control.steer", code="too_many_slots")
+        private = sum(map(is_private, fk))
+        if len(fk) - private > self.capacity:
+            raise APIError(400, f"request needs {len(fk) - private} steering slots; the "
+                           f"server has {self.capacity}", param="control.steer",
+                           code="too_many_slots")
+        if private > self.private_capacity:
+            raise APIError(400, f"request needs {private} private slots (one per choice for "
+                           "each decision that steers); the server has "
+                           f"{self.private_capacity} (--max-private-slots)", param="control",
+                           code="too_many_slots")
         if not self._waiters and self._fits(fk):
-            self._refs.update(fk)
+            self._take(fk)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((fk, fut))
@@ -57,8 +81,9 @@ class SlotAdmission:
         self._refs.subtract(keys)
         for k in [k for k, n in self._refs.items() if n <= 0]:
             del self._refs[k]
+            self._private -= is_private(k)
         while self._waiters and self._fits(self._waiters[0][0]):
             fk, fut = self._waiters.popleft()
             if not fut.done():
-                self._refs.update(fk)
+                self._take(fk)
                 fut.set_result(None)

@@ -52,6 +52,7 @@ class ServerConfig:
     api_keys: list[str] = field(default_factory=list)
     admin_key: str | None = None
     max_steer_slots: int = DEFAULT_STEER_SLOTS
+    max_private_slots: int | None = None  # None: one per sequence (--max-num-seqs)
     max_abs_scale: float = 64.0
     policy: Path | None = None
     rate_limit: RateLimit | None = None  # per non-admin key
@@ -83,7 +84,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             cfg.vllm_args)))
         listener.export()  # inherited by engine processes (and copied into Ray workers)
         engine_args = compat.engine_args_from_cli(
-            cfg.vllm_args, vsteer_additional_config(cfg.max_steer_slots))
+            cfg.vllm_args, vsteer_additional_config(cfg.max_steer_slots,
+                                                    max_private_slots=cfg.max_private_slots))
         try:
             async with compat.build_engine_client(engine_args) as engine:
                 hello = await asyncio.to_thread(listener.wait_ready, HELLO_TIMEOUT_S)
@@ -93,7 +95,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                                        f"{fingerprint}")
                 await compat.init_serving_state(engine, app.state, cfg.vllm_args)
                 store = ArtifactStore(cfg.artifacts)
-                admission = SlotAdmission(cfg.max_steer_slots)
+                admission = SlotAdmission(cfg.max_steer_slots, int(hello['private_slots']))
                 resolver = ControlResolver(store, fingerprint, cfg.max_abs_scale,
                                            max_model_len=engine.model_config.max_model_len,
                                            worker_info=hello.get("controls"))
@@ -103,11 +105,12 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                     ControlledServing(app.state, resolver, admission, listener), engine)
                 unregister = metrics.register_worker_collector(metrics.WorkerStatsCollector(
                     lambda: listener.stats.get(0),
-                    lambda: (admission.in_use, admission.waiting)))
+                    lambda: (admission.in_use, admission.private_in_use,
+                             admission.waiting)))
                 log.info("vsteer ready: %s, %s forward, kernels %s, %d steering slots, "
-                         "artifacts %s", fingerprint.architecture,
+                         "%d private slots, artifacts %s", fingerprint.architecture,
                          "eager" if hello.get("eager") else "compiled", hello["backends"],
-                         cfg.max_steer_slots, cfg.artifacts)
+                         cfg.max_steer_slots, hello["private_slots"], cfg.artifacts)
                 try:
                     yield
                 finally:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from vsteer.artifacts import ArtifactStore, ModelFingerprint
 from vsteer.plugins.api import Control, ResolveContext, StoredVector
 from vsteer.plugins.control_registry import installed_controls
+from vsteer.plugins.slot_table import PRIVATE_KEY_PREFIX
 from vsteer.server.artifact_access import load_artifact
 from vsteer.server.auth import OPERATOR, Principal
 from vsteer.server.control_protocol import ControlSpec
@@ -53,7 +54,8 @@ class ResolvedControl:
         shared plan's, and each control's private ones, per choice."""
         keys = {e.key for e in self.wire.steer} | self.shared_slots
         for name, k in self.private_slots.items():
-            keys |= {f"private:{self.wire.rid}:{name}:{i}" for i in range(k * self.wire.n)}
+            keys |= {f"{PRIVATE_KEY_PREFIX}{self.wire.rid}:{name}:{i}"
+                     for i in range(k * self.wire.n)}
         return keys
 
     def encoded(self) -> str:

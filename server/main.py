@@ -24,6 +24,9 @@ OUR_OPTIONS = """vsteer options:
                          also $VSTEER_API_KEYS (comma-separated)
   --admin-key KEY        key for artifact writes; also $VSTEER_ADMIN_KEY
   --max-steer-slots N    device slots for distinct steering vectors (default 32)
+  --max-private-slots N  device slots a request holds for itself (a refusal guard's
+                         or a mitigating probe's force; default: one per sequence,
+                         --max-num-seqs)
   --max-abs-scale F      largest |scale| a request may use (default 64)
   --policy FILE          operator policy (YAML): tenants, keys, allowed artifacts,
                          bounds, locked guards, rate limits; re-read when it changes
@@ -42,12 +45,20 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--api-key", action="append", default=[])
     p.add_argument("--admin-key", default=None)
     p.add_argument("--max-steer-slots", type=int, default=DEFAULT_STEER_SLOTS)
+    p.add_argument("--max-private-slots", type=_count, default=None)
     p.add_argument("--max-abs-scale", type=float, default=64.0)
     p.add_argument("--policy", type=Path, default=None)
     p.add_argument("--rate-limit", type=_rate_limit, default=None)
     p.add_argument("--drain-timeout", type=float, default=30.0)
     p.add_argument("-h", "--help", action="store_true")
     return p.parse_known_args(argv)
+
+
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {n}")
+    return n
 
 
 def _rate_limit(text: str) -> RateLimit:
@@ -77,7 +88,8 @@ def build_config(argv: list[str]):
         artifacts=ours.artifacts or vsteer_home() / "artifacts",
         api_keys=ours.api_key + _env_keys(), admin_key=ours.admin_key or
         os.environ.get("VSTEER_ADMIN_KEY") or None,
-        max_steer_slots=ours.max_steer_slots, max_abs_scale=ours.max_abs_scale,
+        max_steer_slots=ours.max_steer_slots, max_private_slots=ours.max_private_slots,
+        max_abs_scale=ours.max_abs_scale,
         policy=ours.policy, rate_limit=ours.rate_limit, drain_timeout_s=ours.drain_timeout,
     )
 

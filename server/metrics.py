@@ -49,7 +49,7 @@ class WorkerStatsCollector(Collector):
     """Reads the latest runtime stats the worker (rank 0) sent on the channel."""
 
     def __init__(self, stats: Callable[[], dict[str, Any] | None],
-                 admission: Callable[[], tuple[int, int]]) -> None:
+                 admission: Callable[[], tuple[int, int, int]]) -> None:
         self._stats = stats
         self._admission = admission
 
@@ -66,9 +66,19 @@ class WorkerStatsCollector(Collector):
                                 "running requests", value=float(s.get("slots_in_use", 0)))
         yield GaugeMetricFamily("vsteer_steer_slots_total", "Device steering slots",
                                 value=float(s.get("slots_total", 0)))
-        in_use, waiting = self._admission()
-        yield GaugeMetricFamily("vsteer_admitted_slot_keys", "Distinct steering slots held "
-                                "by requests in flight (server side)", value=float(in_use))
+        yield GaugeMetricFamily("vsteer_private_slots_in_use", "Private device slots (a "
+                                "decision's force, one engine request's own) pinned by "
+                                "running requests",
+                                value=float(s.get("private_slots_in_use", 0)))
+        yield GaugeMetricFamily("vsteer_private_slots_total", "Private device slots",
+                                value=float(s.get("private_slots_total", 0)))
+        in_use, private_in_use, waiting = self._admission()
+        yield GaugeMetricFamily("vsteer_admitted_slot_keys", "Distinct shared steering slots "
+                                "held by requests in flight (server side)",
+                                value=float(in_use))
+        yield GaugeMetricFamily("vsteer_admitted_private_slots", "Private slots held by "
+                                "requests in flight (server side)",
+                                value=float(private_in_use))
         yield GaugeMetricFamily("vsteer_requests_waiting_for_slots", "Requests waiting for "
                                 "steering slots", value=float(waiting))
         info = GaugeMetricFamily("vsteer_kernel_backend", "Kernel backend in use, per op",

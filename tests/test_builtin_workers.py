@@ -18,7 +18,7 @@ from vsteer.plugins.hallucination_worker import NOT_SCORED, HallucinationWorker
 from vsteer.plugins.job_table import JobTable
 from vsteer.plugins.refusal_worker import RefusalState, RefusalWorker
 from vsteer.plugins.shared_tables import SharedTables
-from vsteer.plugins.slot_table import SlotTable
+from vsteer.plugins.slot_table import SlotTable, is_private
 from vsteer.plugins.step_report import StepReport
 from vsteer.wire import WireDecide
 
@@ -30,7 +30,7 @@ CPU = torch.device("cpu")
 
 def _tables() -> SharedTables:
     step = torch.zeros(4, dtype=torch.int64)
-    return SharedTables(SlotTable(4, L, H, torch.float32, CPU),
+    return SharedTables(SlotTable(4, L, H, torch.float32, CPU, num_private=4),
                         JobTable(6, L, H, 4, 2, CPU, step), False, CPU)
 
 
@@ -191,7 +191,7 @@ def test_admission_counts_exactly_the_slots_the_workers_take(tmp_path):
                      "steer": []}):
         resolved = resolver.resolve(control, n=2)
         t, pinned = _tables(), set()
-        t.slots = SlotTable(8, L, H, torch.float32, CPU)
+        t.slots = SlotTable(8, L, H, torch.float32, CPU, num_private=8)
         for choice in (0, 1):
             rc = RequestControls(resolved.wire, 5)
             rc.choice = choice
@@ -200,4 +200,7 @@ def test_admission_counts_exactly_the_slots_the_workers_take(tmp_path):
                                       device=CPU)
                 with t.setting_up(rc, pinned):
                     makers[name](ctx).setup(json.loads(wire), 5)
-        assert t.slots.in_use(pinned) == len(resolved.slot_keys), control
+        keys = resolved.slot_keys
+        private = {k for k in keys if is_private(k)}
+        assert t.slots.in_use(pinned) == len(keys - private), control
+        assert t.slots.private_in_use(pinned) == len(private) > 0, control

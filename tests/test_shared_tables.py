@@ -23,9 +23,9 @@ L, H = 4, 8
 CPU = torch.device("cpu")
 
 
-def _tables(slots: int = 4, weight_rows: int = 4) -> SharedTables:
+def _tables(slots: int = 4, weight_rows: int = 4, private: int = 4) -> SharedTables:
     step = torch.zeros(4, dtype=torch.int64)
-    return SharedTables(SlotTable(slots, L, H, torch.float32, CPU),
+    return SharedTables(SlotTable(slots, L, H, torch.float32, CPU, num_private=private),
                         JobTable(6, L, H, weight_rows, 2, CPU, step), False, CPU)
 
 
@@ -58,7 +58,7 @@ def test_setup_pins_what_it_takes_to_the_request():
 
 
 def test_each_choice_gets_its_own_private_slot_and_a_full_table_is_a_setup_error():
-    t = _tables(slots=2)
+    t = _tables(slots=2, private=2)
     pinned: set[str] = set()
     got = []
     for choice in (0, 1):
@@ -66,7 +66,7 @@ def test_each_choice_gets_its_own_private_slot_and_a_full_table_is_a_setup_error
             got.append(t.view("hallucination").private_slot())
     assert got[0] != got[1]
     with t.setting_up(_rc(rid="s"), pinned), pytest.raises(ControlSetupError, match="slots"):
-        t.view("hallucination").private_slot()  # both slots are pinned by live requests
+        t.view("hallucination").private_slot()  # both private slots are pinned
 
 
 def test_job_results_land_in_the_steps_report_under_the_controls_name():

@@ -67,3 +67,21 @@ def test_failed_load_leaves_the_table_untouched():
     with pytest.raises(OSError):
         t.acquire("b", boom, set())
     assert t.index.lookup("a") == s and torch.equal(t.vectors[s, 0], torch.ones(4))
+
+
+def test_private_keys_come_from_their_own_pool():
+    """Private slots (rows S+1..S+P) never take a shared slot, and a full private pool
+    leaves the shared one usable."""
+    t = SlotTable(1, num_layers=3, hidden_size=4, dtype=torch.float32,
+                  device=torch.device("cpu"), num_private=2)
+    assert t.vectors.shape[0] == 1 + 1 + 2
+    shared = t.acquire("dir", loader(1.0), set())
+    p1 = t.acquire("private:a:0:refusal", dict, {"dir"})
+    p2 = t.acquire("private:b:0:refusal", dict, {"dir", "private:a:0:refusal"})
+    assert shared == 1 and {p1, p2} == {2, 3}
+    assert torch.count_nonzero(t.vectors[p1]) == 0
+    with pytest.raises(TableFull):
+        t.acquire("private:c:0:refusal", dict, {"dir", "private:a:0:refusal",
+                                                "private:b:0:refusal"})
+    assert t.index.lookup("dir") == shared  # the shared slot was not touched
+    assert t.in_use({"dir"}) == 1 and t.private_in_use({"private:a:0:refusal"}) == 1

@@ -32,7 +32,8 @@ def runtime_code_hash() -> str:
 
 
 def vsteer_additional_config(max_steer_slots: int = DEFAULT_STEER_SLOTS,
-                             capture: bool = False) -> dict[str, Any]:
+                             capture: bool = False,
+                             max_private_slots: int | None = None) -> dict[str, Any]:
     """The engine's `additional_config`. Whoever asks for it is about to build a vsteer
     engine, so this also selects vLLM's V1 model runner in this process (inherited by
     the engine's processes; plain vLLM elsewhere keeps its own default)."""
@@ -41,6 +42,10 @@ def vsteer_additional_config(max_steer_slots: int = DEFAULT_STEER_SLOTS,
     select_v1_model_runner()
     if max_steer_slots < 1:
         raise ValueError("max_steer_slots must be at least 1")
+    if max_private_slots is not None and max_private_slots < 0:
+        raise ValueError("max_private_slots must be at least 0")
     return {"vsteer": {"version": __version__, "code": runtime_code_hash(),
                        "max_steer_slots": int(max_steer_slots),
-                       "max_entries": MAX_STEER_ENTRIES, "capture": bool(capture)}}
+                       "max_entries": MAX_STEER_ENTRIES, "capture": bool(capture),
+                       # None: one per sequence the engine runs (its max_num_seqs)
+                       "max_private_slots": max_private_slots}}

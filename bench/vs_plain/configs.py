@@ -96,4 +96,14 @@ def configurations(art: Artifacts, scale: float) -> list[Config]:
         Config("guarded", "vsteer, refusal guard + per-token hallucination probe", "vsteer",
                control={"refusal": {"mode": "guard", "direction": art.direction},
                         "hallucination": {"probe": art.probe, "per_token": True}}),
+        # the same cost taken apart
+        Config("guard", "vsteer, refusal guard", "vsteer",
+               control={"refusal": {"mode": "guard", "direction": art.direction}}),
+        Config("probe", "vsteer, hallucination probe (pre-decoding score only)", "vsteer",
+               control={"hallucination": {"probe": art.probe}}),
+        Config("per_token", "vsteer, hallucination probe with per-token scores", "vsteer",
+               control={"hallucination": {"probe": art.probe, "per_token": True}}),
     ]
+
+
+NEEDS_GUARD_ARTIFACTS = frozenset({"guarded", "guard", "probe", "per_token"})
