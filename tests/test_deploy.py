@@ -80,6 +80,7 @@ def test_deployment_wires_probes_gpus_keys_policy_and_shared_artifacts(full):
     assert "--tensor-parallel-size=4" in c["args"]
     assert not any(a.startswith("--pipeline-parallel-size") for a in c["args"])
     assert "--rate-limit=5:20" in c["args"] and "--policy=/etc/vsteer/policy.yaml" in c["args"]
+    assert "--max-private-slots=256" in c["args"]
     env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"]}
     secret = full["Secret"]
     assert env["VSTEER_API_KEYS"] == {"name": secret["metadata"]["name"], "key": "api-keys"}
@@ -133,6 +134,8 @@ def test_defaults_render_without_optional_parts():
     kinds = _render("--set", "auth.adminKey=k")
     assert "HorizontalPodAutoscaler" not in kinds and "ServiceMonitor" not in kinds
     assert "replicas" in kinds["Deployment"]["spec"]  # no HPA: the chart sets replicas
+    (c,) = kinds["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert not any(a.startswith("--max-private-slots") for a in c["args"])  # the server's
 
 
 def test_compose_prometheus_and_grafana_point_at_each_other():
