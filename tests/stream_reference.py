@@ -71,10 +71,11 @@ def edited_states(hf_model, ids: list[int], edits: dict[int, Edit], layers: list
     return [hs[la + 1][0].numpy().copy() for la in layers]
 
 
-def serve_with_random_vector(model_dir, tmp, layer: int, seed: int):
-    """`vsteer serve` on `model_dir` with a random unit steering vector "rand" at
-    `layer` in its artifact store, and transformers' fp32 copy of the model:
-    (server, transformers model, the vector [H]). The caller stops the server."""
+def serve_with_random_vector(model_dir, tmp, layer: int, seed: int, *extra: str):
+    """`vsteer serve` on `model_dir` (plus `extra` server options) with a random unit
+    steering vector "rand" at `layer` in its artifact store, and transformers' fp32 copy
+    of the model: (server, transformers model, the vector [H]). The caller stops the
+    server."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -87,7 +88,8 @@ def serve_with_random_vector(model_dir, tmp, layer: int, seed: int):
     v /= np.linalg.norm(v)
     ArtifactStore(tmp / "artifacts").save_vector(
         "rand", SteeringVector({layer: v}, fp, method="random"))
-    srv = start_server(model_dir, tmp / "artifacts", tmp, "--served-model-name", MODEL_NAME)
+    srv = start_server(model_dir, tmp / "artifacts", tmp, "--served-model-name", MODEL_NAME,
+                       *extra)
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     return srv, hf, v
 

@@ -36,6 +36,9 @@ NO_CHAT = {"gpt_oss"}
 # differently alone and in a batch: vLLM itself, not vsteer, so only vsteer's own
 # effect (exactly s·v at the prompt's positions) is checked there
 MLA = {"deepseek_v2", "deepseek_v3"}
+# on a CPU with AMX tiles vLLM picks its AMX MLA backend, which takes bf16 weights only;
+# these tests run fp32, so they ask for the reference CPU MLA backend on every machine
+MLA_BACKEND = ("--attention-backend", "CPU_MLA")
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -43,7 +46,8 @@ def family(request, model_dir, tmp_path_factory):
     """(family, server, transformers model, the steering vector [H])."""
     tmp = tmp_path_factory.mktemp(request.param)
     d = build_tiny_model(request.param, model_dir, tmp / "model")
-    srv, hf, v = serve_with_random_vector(d, tmp, STEER_LAYER, seed=3)
+    srv, hf, v = serve_with_random_vector(d, tmp, STEER_LAYER, 3,
+                                          *(MLA_BACKEND if request.param in MLA else ()))
     yield request.param, srv, hf, v
     srv.stop()
 
