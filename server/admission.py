@@ -20,44 +20,45 @@ class SlotAdmission:
     def __init__(self, capacity: int, private_capacity: int = 0) -> None:
         self.capacity = capacity
         self.private_capacity = private_capacity
-        self._refs: Counter[str] = Counter()
-        self._private = 0  # private keys among _refs
+        # requests in flight holding each key, one counter per pool
+        self._shared: Counter[str] = Counter()
+        self._private: Counter[str] = Counter()
         self._waiters: deque[tuple[frozenset[str], asyncio.Future[None]]] = deque()
 
     @property
     def in_use(self) -> int:
         """Shared slot keys held by requests in flight."""
-        return len(self._refs) - self._private
+        return len(self._shared)
 
     @property
     def private_in_use(self) -> int:
-        return self._private
+        return len(self._private)
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
     def _fits(self, keys: frozenset[str]) -> bool:
-        new = keys - self._refs.keys()
-        private = sum(map(is_private, new))
-        return (self.in_use + len(new) - private <= self.capacity
-                and self._private + private <= self.private_capacity)
+        shared, private = _split(keys)
+        return (len(self._shared.keys() | shared) <= self.capacity
+                and len(self._private.keys() | private) <= self.private_capacity)
 
     def _take(self, keys: frozenset[str]) -> None:
-        self._private += sum(map(is_private, keys - self._refs.keys()))
-        self._refs.update(keys)
+        shared, private = _split(keys)
+        self._shared.update(shared)
+        self._private.update(private)
 
     async def acquire(self, keys: set[str]) -> None:
         fk = frozenset(keys)
         if not fk:
             return
-        private = sum(map(is_private, fk))
-        if len(fk) - private > self.capacity:
-            raise APIError(400, f"request needs {len(fk) - private} steering slots; the "
+        shared, private = _split(fk)
+        if len(shared) > self.capacity:
+            raise APIError(400, f"request needs {len(shared)} steering slots; the "
                            f"server has {self.capacity}", param="control.steer",
                            code="too_many_slots")
-        if private > self.private_capacity:
-            raise APIError(400, f"request needs {private} private slots (one per choice for "
+        if len(private) > self.private_capacity:
+            raise APIError(400, f"request needs {len(private)} private slots (one per choice for "
                            "each decision that steers); the server has "
                            f"{self.private_capacity} (--max-private-slots)", param="control",
                            code="too_many_slots")
@@ -78,12 +79,18 @@ class SlotAdmission:
     def release(self, keys: set[str] | frozenset[str]) -> None:
         if not keys:
             return
-        self._refs.subtract(keys)
-        for k in [k for k, n in self._refs.items() if n <= 0]:
-            del self._refs[k]
-            self._private -= is_private(k)
+        for pool in (self._shared, self._private):
+            pool.subtract(k for k in keys if k in pool)
+            for k in [k for k, n in pool.items() if n <= 0]:
+                del pool[k]
         while self._waiters and self._fits(self._waiters[0][0]):
             fk, fut = self._waiters.popleft()
             if not fut.done():
                 self._take(fk)
                 fut.set_result(None)
+
+
+def _split(keys: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """(shared keys, private keys)."""
+    private = frozenset(filter(is_private, keys))
+    return keys - private, private

@@ -95,7 +95,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                                        f"{fingerprint}")
                 await compat.init_serving_state(engine, app.state, cfg.vllm_args)
                 store = ArtifactStore(cfg.artifacts)
-                admission = SlotAdmission(cfg.max_steer_slots, int(hello['private_slots']))
+                admission = SlotAdmission(cfg.max_steer_slots, int(hello["private_slots"]))
                 resolver = ControlResolver(store, fingerprint, cfg.max_abs_scale,
                                            max_model_len=engine.model_config.max_model_len,
                                            worker_info=hello.get("controls"))
